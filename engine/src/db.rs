@@ -1,0 +1,941 @@
+//! The database handle: open (with crash recovery), read views, commits, checkpoints.
+//!
+//! Data directory layout:
+//!
+//! ```text
+//! DIR/control        the control file (checkpoint Lsn, snapshot name, system id, timeline)
+//! DIR/lock           held with flock(2) while a process has the directory open
+//! DIR/wal/           WAL segments
+//! DIR/snapshots/     snapshot files
+//! ```
+//!
+//! One committer thread owns the WAL writer and every store mutation. Sessions send it write
+//! sets over a bounded channel; it takes every request waiting (group commit), checks each for
+//! conflicts, appends and applies it, makes the batch durable with one fdatasync, publishes the
+//! new visible Lsn and only then acknowledges. Snapshots are written by a background thread from
+//! a read view; the committer records them when they finish.
+
+use crate::checkpoint::{load_snapshot, snapshot_file_name, write_snapshot, Control, SnapshotMeta, SnapshotWritten};
+use crate::error::{Error, ErrorCode, Result, SqlError};
+use crate::replay::{Replayer, TXN_CHANGE_BYTES_MAX};
+use crate::schema::TableId;
+use crate::store::{ReadView, Store};
+use crate::txn::{CommitInfo, WriteSet};
+use crate::wal::reader::{list_segments, scan_wal, TailPolicy};
+use crate::wal::record::{
+    change_encoded_len, encode_changes, Change, ChangeOp, CommitRecord, Record, RecordKind, TableChanges,
+    RECORD_HEADER_LEN, RECORD_LEN_MAX, RESTORE_POINT_NAME_MAX,
+};
+use crate::wal::segment::{first_record_lsn, segment_file_name, segment_of, valid_segment_size, SEGMENT_SIZE_DEFAULT};
+use crate::wal::writer::{create_segment, sync_dir, truncate_wal, WalWriter};
+use crossbeam_channel::{bounded, Receiver, RecvTimeoutError, Sender};
+use hindsight_protocol::{Lsn, Timeline, TxId};
+use parking_lot::Mutex;
+use std::fs::File;
+use std::os::unix::io::AsRawFd;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+/// Requests waiting for the committer; senders block when it is full (back-pressure).
+pub const COMMIT_QUEUE_MAX: usize = 1024;
+/// The most requests one group commit takes.
+pub const GROUP_COMMIT_MAX: usize = 512;
+/// Payload bytes per chunk record of a large transaction.
+const CHUNK_TARGET_BYTES: usize = RECORD_LEN_MAX - 4096;
+
+/// Engine settings. `segment_size_bytes` only matters when a directory is initialised.
+#[derive(Clone, Debug)]
+pub struct Config {
+    /// WAL segment size for a new data directory (power of two, 1 MiB..1 GiB).
+    pub segment_size_bytes: u64,
+    /// fdatasync the WAL before acknowledging commits. Off only for tests and benchmarks that
+    /// say so: an acknowledged commit may then be lost in an OS crash (not in a process crash).
+    pub fsync: bool,
+    /// Take a snapshot after this much WAL since the last one.
+    pub checkpoint_wal_bytes: u64,
+    /// Take a snapshot at least this often when anything was written.
+    pub checkpoint_interval: Duration,
+    /// Keep old row versions this long (commit time), for reads in the past.
+    pub version_retention: Duration,
+}
+
+impl Default for Config {
+    fn default() -> Config {
+        Config {
+            segment_size_bytes: SEGMENT_SIZE_DEFAULT,
+            fsync: true,
+            checkpoint_wal_bytes: 256 * 1024 * 1024,
+            checkpoint_interval: Duration::from_secs(300),
+            version_retention: Duration::ZERO,
+        }
+    }
+}
+
+/// A snapshot of the database's status for `SHOW STATUS` and functions.
+#[derive(Clone, Debug)]
+pub struct Status {
+    /// "primary" or "replica".
+    pub role: &'static str,
+    /// The cluster's system id.
+    pub system_id: u64,
+    /// The current timeline.
+    pub timeline: Timeline,
+    /// Everything up to here is committed, durable and visible.
+    pub visible_lsn: Lsn,
+    /// The WAL insert position (may be ahead of visible while a flush is in progress).
+    pub insert_lsn: Lsn,
+    /// The newest committed transaction.
+    pub last_txid: TxId,
+    /// Its commit time.
+    pub last_commit_time_us: i64,
+    /// The state digest at `visible_lsn`.
+    pub digest: u64,
+    /// The newest snapshot's Lsn.
+    pub checkpoint_lsn: Lsn,
+    /// Live rows in all tables.
+    pub rows: u64,
+    /// Tables.
+    pub tables: usize,
+}
+
+/// What recovery found when the database opened.
+#[derive(Clone, Debug, Default)]
+pub struct RecoveryReport {
+    /// The snapshot loaded, if any.
+    pub snapshot_lsn: Option<Lsn>,
+    /// Rows loaded from it.
+    pub snapshot_rows: u64,
+    /// Transactions replayed from the WAL.
+    pub replayed_txns: u64,
+    /// WAL bytes replayed.
+    pub replayed_bytes: u64,
+    /// Where the WAL ended.
+    pub end_lsn: Lsn,
+    /// Set when a torn tail (or an incomplete large transaction) was cut off: from where.
+    pub truncated_at: Option<Lsn>,
+    /// Time spent.
+    pub elapsed: Duration,
+}
+
+#[derive(Clone, Copy, Debug)]
+struct Published {
+    lsn: Lsn,
+    prev_lsn: Lsn,
+    txid: TxId,
+    commit_time_us: i64,
+    digest: u64,
+}
+
+struct Shared {
+    published: Mutex<Published>,
+    insert_lsn: AtomicU64,
+    checkpoint_lsn: AtomicU64,
+}
+
+enum Request {
+    Commit(WriteSet, Sender<Result<CommitInfo>>),
+    RestorePoint(String, Sender<Result<Lsn>>),
+    Checkpoint(Sender<Result<Lsn>>),
+    CheckpointDone(Result<SnapshotWritten>),
+    Shutdown,
+}
+
+/// An open database.
+pub struct Database {
+    store: Arc<Store>,
+    shared: Arc<Shared>,
+    tx: Sender<Request>,
+    committer: Mutex<Option<JoinHandle<()>>>,
+    system_id: u64,
+    timeline: Timeline,
+    segment_size_bytes: u64,
+    dir: PathBuf,
+    recovery: RecoveryReport,
+    _lock: File,
+}
+
+fn now_us() -> i64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_micros() as i64).unwrap_or(0)
+}
+
+fn lock_dir(dir: &Path) -> Result<File> {
+    let path = dir.join("lock");
+    let file = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&path)
+        .map_err(|e| Error::io(format!("open lock file {}", path.display()), e))?;
+    // SAFETY: flock on a file descriptor we own; no memory is involved.
+    let rc = unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) };
+    if rc != 0 {
+        return Err(Error::Mismatch(format!(
+            "data directory {} is in use by another hindsight process (lock file {} is held)",
+            dir.display(),
+            path.display()
+        )));
+    }
+    Ok(file)
+}
+
+impl Database {
+    /// Opens the data directory `dir`, initialising it when it is empty or missing, and runs
+    /// crash recovery: newest snapshot + WAL replay, torn tail cut with a warning.
+    pub fn open(dir: &Path, config: Config) -> Result<Arc<Database>> {
+        let started = Instant::now();
+        std::fs::create_dir_all(dir).map_err(|e| Error::io(format!("create data directory {}", dir.display()), e))?;
+        let lock = lock_dir(dir)?;
+        let control_path = dir.join("control");
+        let wal_dir = dir.join("wal");
+        let snap_dir = dir.join("snapshots");
+        if !control_path.exists() {
+            init_dir(dir, &config)?;
+        }
+        let control = Control::read(&control_path)?;
+        if !valid_segment_size(control.segment_size_bytes) {
+            return Err(Error::Corrupt {
+                lsn: Lsn::ZERO,
+                file: control_path,
+                detail: format!("segment size {} is invalid", control.segment_size_bytes),
+            });
+        }
+        let seg = control.segment_size_bytes;
+        let store = Arc::new(Store::new(control.checkpoint_lsn));
+        store.set_retention_us(config.version_retention.as_micros() as u64);
+        let mut report = RecoveryReport::default();
+        let (mut last_txid, mut last_time) = (TxId::ZERO, 0i64);
+        if let Some(name) = &control.snapshot {
+            let meta = load_snapshot(&snap_dir.join(name), &store, control.system_id)?;
+            if meta.lsn != control.checkpoint_lsn {
+                return Err(Error::Corrupt {
+                    lsn: meta.lsn,
+                    file: snap_dir.join(name),
+                    detail: format!("snapshot is at {}, the control file says {}", meta.lsn, control.checkpoint_lsn),
+                });
+            }
+            last_txid = meta.last_txid;
+            last_time = meta.last_commit_time_us;
+            report.snapshot_lsn = Some(meta.lsn);
+            report.snapshot_rows = store.stats().rows;
+        }
+        let mut replayer = Replayer::new(Arc::clone(&store), last_txid, last_time, control.checkpoint_lsn);
+        let start = control.checkpoint_lsn;
+        let mut replayed = 0u64;
+        let end = scan_wal(
+            &wal_dir,
+            control.system_id,
+            control.timeline,
+            seg,
+            start,
+            Some(control.checkpoint_prev_lsn),
+            TailPolicy::TruncateTornTail,
+            |entry| {
+                let lsn = entry.lsn;
+                replayer.apply(&entry).map_err(|e| match e {
+                    Error::Corrupt { detail, .. } => Error::Corrupt {
+                        lsn,
+                        file: wal_dir.join(segment_file_name(control.timeline, segment_of(lsn, seg))),
+                        detail,
+                    },
+                    other => other,
+                })?;
+                if matches!(entry.record, Record::Commit(_)) {
+                    replayed += 1;
+                }
+                Ok(())
+            },
+        )?;
+        let (complete_end, complete_prev) = replayer.complete_end();
+        let prev = complete_prev.unwrap_or(control.checkpoint_prev_lsn);
+        if let Some((lsn, file, detail)) = &end.torn {
+            tracing::warn!(lsn = %lsn, file = %file.display(), detail, "torn WAL tail truncated");
+        }
+        if complete_end != end.end_lsn || end.torn.is_some() {
+            if complete_end != end.end_lsn {
+                tracing::warn!(
+                    from = %complete_end, to = %end.end_lsn,
+                    "WAL ends inside a large transaction that never committed; cutting it off"
+                );
+            }
+            truncate_wal(&wal_dir, control.timeline, seg, complete_end)?;
+            report.truncated_at = Some(complete_end);
+        }
+        report.replayed_txns = replayed;
+        report.replayed_bytes = complete_end.bytes_since(start);
+        report.end_lsn = complete_end;
+        // Segments past the end belonging to this timeline were removed by truncate_wal; make
+        // sure the writer's segment exists (a fresh directory has segment 0 from init).
+        let writer = WalWriter::open(&wal_dir, control.system_id, control.timeline, seg, complete_end, prev, config.fsync)?;
+        let txid = replayer.last_txid();
+        let time = replayer.last_commit_time_us();
+        store.publish(complete_end, time);
+        let shared = Arc::new(Shared {
+            published: Mutex::new(Published {
+                lsn: complete_end,
+                prev_lsn: prev,
+                txid,
+                commit_time_us: time,
+                digest: store.digest(),
+            }),
+            insert_lsn: AtomicU64::new(writer.insert_lsn().0),
+            checkpoint_lsn: AtomicU64::new(control.checkpoint_lsn.0),
+        });
+        report.elapsed = started.elapsed();
+        tracing::info!(
+            dir = %dir.display(), lsn = %complete_end, txid = %txid, replayed_txns = replayed,
+            elapsed_ms = report.elapsed.as_millis() as u64, "database open"
+        );
+        let (tx, rx) = bounded(COMMIT_QUEUE_MAX);
+        let committer = Committer {
+            store: Arc::clone(&store),
+            replayer,
+            writer,
+            shared: Arc::clone(&shared),
+            dir: dir.to_path_buf(),
+            control: control.clone(),
+            rx,
+            tx: tx.clone(),
+            config,
+            body: Vec::new(),
+            poisoned: None,
+            checkpoint_running: false,
+            checkpoint_waiters: Vec::new(),
+            last_checkpoint: Instant::now(),
+            wal_at_checkpoint: complete_end,
+        };
+        let handle = std::thread::Builder::new()
+            .name("hindsight-committer".into())
+            .spawn(move || committer.run())
+            .map_err(|e| Error::io("start the committer thread", e))?;
+        Ok(Arc::new(Database {
+            store,
+            shared,
+            tx,
+            committer: Mutex::new(Some(handle)),
+            system_id: control.system_id,
+            timeline: control.timeline,
+            segment_size_bytes: seg,
+            dir: dir.to_path_buf(),
+            recovery: report,
+            _lock: lock,
+        }))
+    }
+
+    /// What crash recovery did when this database opened.
+    pub fn recovery_report(&self) -> &RecoveryReport {
+        &self.recovery
+    }
+
+    /// The data directory.
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    /// The WAL directory.
+    pub fn wal_dir(&self) -> PathBuf {
+        self.dir.join("wal")
+    }
+
+    /// The cluster's system id.
+    pub fn system_id(&self) -> u64 {
+        self.system_id
+    }
+
+    /// The WAL segment size.
+    pub fn segment_size_bytes(&self) -> u64 {
+        self.segment_size_bytes
+    }
+
+    /// The store (read side and statistics).
+    pub fn store(&self) -> &Arc<Store> {
+        &self.store
+    }
+
+    /// A consistent read view at the newest visible Lsn.
+    pub fn read_view(&self) -> ReadView {
+        self.store.read_view()
+    }
+
+    /// A read view at an older Lsn, if still retained.
+    pub fn read_view_at(&self, lsn: Lsn) -> Option<ReadView> {
+        self.store.read_view_at(lsn)
+    }
+
+    fn request<T>(&self, make: impl FnOnce(Sender<Result<T>>) -> Request) -> Result<T> {
+        let (reply_tx, reply_rx) = bounded(1);
+        self.tx.send(make(reply_tx)).map_err(|_| Error::Shutdown)?;
+        reply_rx.recv().map_err(|_| Error::Shutdown)?
+    }
+
+    /// Commits a write set: conflict check, WAL append, group-commit fsync, apply, publish.
+    /// A write–write conflict fails with `serialization_failure` and changes nothing. An empty
+    /// write set logs nothing and reports the newest committed transaction.
+    pub fn commit(&self, ws: WriteSet) -> Result<CommitInfo> {
+        if ws.is_empty() {
+            let p = *self.shared.published.lock();
+            return Ok(CommitInfo { txid: p.txid, lsn: p.lsn, commit_time_us: p.commit_time_us });
+        }
+        self.request(|reply| Request::Commit(ws, reply))
+    }
+
+    /// A table id for CREATE TABLE or TRUNCATE.
+    pub fn allocate_table_id(&self) -> TableId {
+        self.store.allocate_table_id()
+    }
+
+    /// Takes a snapshot now and waits for it; returns its Lsn.
+    pub fn checkpoint(&self) -> Result<Lsn> {
+        self.request(Request::Checkpoint)
+    }
+
+    /// Logs a named restore point; returns its Lsn (the end of its record).
+    pub fn create_restore_point(&self, name: &str) -> Result<Lsn> {
+        if name.is_empty() || name.len() > RESTORE_POINT_NAME_MAX {
+            return Err(Error::Sql(SqlError::new(
+                ErrorCode::InvalidParameterValue,
+                format!("restore point name must be 1 to {RESTORE_POINT_NAME_MAX} bytes"),
+            )));
+        }
+        self.request(|reply| Request::RestorePoint(name.to_string(), reply))
+    }
+
+    /// Whether the database refuses writes (a replica).
+    pub fn is_read_only(&self) -> bool {
+        false
+    }
+
+    /// The current status.
+    pub fn status(&self) -> Status {
+        let p = *self.shared.published.lock();
+        let stats = self.store.stats();
+        Status {
+            role: "primary",
+            system_id: self.system_id,
+            timeline: self.timeline,
+            visible_lsn: p.lsn,
+            insert_lsn: Lsn(self.shared.insert_lsn.load(Ordering::Acquire)),
+            last_txid: p.txid,
+            last_commit_time_us: p.commit_time_us,
+            digest: p.digest,
+            checkpoint_lsn: Lsn(self.shared.checkpoint_lsn.load(Ordering::Acquire)),
+            rows: stats.rows,
+            tables: stats.tables,
+        }
+    }
+
+    /// Stops the committer after it finishes what is queued; every acknowledged commit is
+    /// durable already. Later calls fail with `Shutdown`. Idempotent.
+    pub fn shutdown(&self) {
+        let handle = self.committer.lock().take();
+        if let Some(handle) = handle {
+            let _ = self.tx.send(Request::Shutdown);
+            let _ = handle.join();
+        }
+    }
+}
+
+impl Drop for Database {
+    fn drop(&mut self) {
+        self.shutdown();
+    }
+}
+
+fn init_dir(dir: &Path, config: &Config) -> Result<()> {
+    let entries = std::fs::read_dir(dir)
+        .map_err(|e| Error::io(format!("list data directory {}", dir.display()), e))?
+        .filter_map(|e| e.ok())
+        .filter(|e| e.file_name() != "lock")
+        .count();
+    if entries > 0 {
+        return Err(Error::Mismatch(format!(
+            "{} is not empty and has no control file: not a hindsight data directory (refusing to initialise over it)",
+            dir.display()
+        )));
+    }
+    if !valid_segment_size(config.segment_size_bytes) {
+        return Err(Error::Mismatch(format!(
+            "segment size {} must be a power of two between 1 MiB and 1 GiB",
+            config.segment_size_bytes
+        )));
+    }
+    let mut system_id = rand::random::<u64>();
+    while system_id == 0 {
+        system_id = rand::random::<u64>();
+    }
+    let wal_dir = dir.join("wal");
+    for d in [&wal_dir, &dir.join("snapshots")] {
+        std::fs::create_dir_all(d).map_err(|e| Error::io(format!("create {}", d.display()), e))?;
+    }
+    create_segment(&wal_dir, system_id, Timeline::FIRST, config.segment_size_bytes, 0)?;
+    sync_dir(dir)?;
+    let control = Control {
+        system_id,
+        timeline: Timeline::FIRST,
+        segment_size_bytes: config.segment_size_bytes,
+        checkpoint_lsn: first_record_lsn(0, config.segment_size_bytes),
+        checkpoint_prev_lsn: Lsn::ZERO,
+        snapshot: None,
+        initialized_time_us: now_us(),
+    };
+    control.write(&dir.join("control"))?;
+    tracing::info!(dir = %dir.display(), system_id = format!("{system_id:016X}"), "initialised data directory");
+    Ok(())
+}
+
+/// The committer: owns the WAL writer and every store mutation.
+struct Committer {
+    store: Arc<Store>,
+    replayer: Replayer,
+    writer: WalWriter,
+    shared: Arc<Shared>,
+    dir: PathBuf,
+    control: Control,
+    rx: Receiver<Request>,
+    tx: Sender<Request>,
+    config: Config,
+    body: Vec<u8>,
+    poisoned: Option<String>,
+    checkpoint_running: bool,
+    checkpoint_waiters: Vec<Sender<Result<Lsn>>>,
+    last_checkpoint: Instant,
+    wal_at_checkpoint: Lsn,
+}
+
+fn conflict(message: String) -> Error {
+    Error::Sql(SqlError::new(ErrorCode::SerializationFailure, message).with_hint("retry the transaction"))
+}
+
+impl Committer {
+    fn run(mut self) {
+        let mut batch = Vec::with_capacity(GROUP_COMMIT_MAX);
+        loop {
+            let wait = self.config.checkpoint_interval.saturating_sub(self.last_checkpoint.elapsed());
+            let first = match self.rx.recv_timeout(wait.max(Duration::from_millis(10))) {
+                Ok(r) => r,
+                Err(RecvTimeoutError::Timeout) => {
+                    self.maybe_checkpoint(false);
+                    continue;
+                }
+                Err(RecvTimeoutError::Disconnected) => return,
+            };
+            batch.push(first);
+            while batch.len() < GROUP_COMMIT_MAX {
+                match self.rx.try_recv() {
+                    Ok(r) => batch.push(r),
+                    Err(_) => break,
+                }
+            }
+            let stop = self.process(&mut batch);
+            if stop {
+                let _ = self.writer.sync();
+                for w in self.checkpoint_waiters.drain(..) {
+                    let _ = w.send(Err(Error::Shutdown));
+                }
+                return;
+            }
+        }
+    }
+
+    /// Handles one group of requests; returns true on shutdown.
+    fn process(&mut self, batch: &mut Vec<Request>) -> bool {
+        let mut commit_acks = Vec::new();
+        let mut lsn_acks = Vec::new();
+        let mut want_checkpoint = false;
+        let mut stop = false;
+        for req in batch.drain(..) {
+            match req {
+                Request::Commit(ws, reply) => match self.commit(ws) {
+                    Ok(info) => commit_acks.push((reply, info)),
+                    Err(e) => {
+                        let _ = reply.send(Err(e));
+                    }
+                },
+                Request::RestorePoint(name, reply) => {
+                    let r = self.append_simple(&Record::RestorePoint { name, time_us: now_us() });
+                    match r {
+                        Ok(end) => lsn_acks.push((reply, end)),
+                        Err(e) => {
+                            let _ = reply.send(Err(e));
+                        }
+                    }
+                }
+                Request::Checkpoint(reply) => {
+                    self.checkpoint_waiters.push(reply);
+                    want_checkpoint = true;
+                }
+                Request::CheckpointDone(result) => self.finish_checkpoint(result),
+                Request::Shutdown => stop = true,
+            }
+        }
+        if !commit_acks.is_empty() || !lsn_acks.is_empty() || self.writer.flushed_lsn() != self.writer.insert_lsn() {
+            match self.sync_and_publish() {
+                Ok(()) => {
+                    for (reply, info) in commit_acks {
+                        let _ = reply.send(Ok(info));
+                    }
+                    for (reply, lsn) in lsn_acks {
+                        let _ = reply.send(Ok(lsn));
+                    }
+                }
+                Err(e) => {
+                    let msg = e.to_string();
+                    for (reply, _) in commit_acks {
+                        let _ = reply.send(Err(Error::Poisoned(msg.clone())));
+                    }
+                    for (reply, _) in lsn_acks {
+                        let _ = reply.send(Err(Error::Poisoned(msg.clone())));
+                    }
+                }
+            }
+        }
+        if !stop {
+            self.maybe_checkpoint(want_checkpoint);
+        }
+        stop
+    }
+
+    fn check_poisoned(&self) -> Result<()> {
+        match &self.poisoned {
+            Some(why) => Err(Error::Poisoned(why.clone())),
+            None => Ok(()),
+        }
+    }
+
+    fn poison(&mut self, e: &Error) {
+        tracing::error!(error = %e, "committer stopped accepting writes");
+        self.poisoned = Some(e.to_string());
+    }
+
+    fn sync_and_publish(&mut self) -> Result<()> {
+        self.check_poisoned()?;
+        let flushed = match self.writer.sync() {
+            Ok(l) => l,
+            Err(e) => {
+                self.poison(&e);
+                return Err(e);
+            }
+        };
+        self.store.publish(flushed, self.replayer.last_commit_time_us());
+        *self.shared.published.lock() = Published {
+            lsn: flushed,
+            prev_lsn: self.writer.prev_lsn(),
+            txid: self.replayer.last_txid(),
+            commit_time_us: self.replayer.last_commit_time_us(),
+            digest: self.store.digest(),
+        };
+        self.shared.insert_lsn.store(self.writer.insert_lsn().0, Ordering::Release);
+        Ok(())
+    }
+
+    fn append_simple(&mut self, record: &Record) -> Result<Lsn> {
+        self.check_poisoned()?;
+        self.body.clear();
+        record.encode_body(&mut self.body);
+        let (_, end) = self.writer.append(record.kind(), &self.body)?;
+        Ok(end)
+    }
+
+    /// Checks a write set against everything committed after its snapshot.
+    fn validate(&self, ws: &WriteSet) -> Result<()> {
+        let mut catalog = (*self.store.newest_catalog()).clone();
+        let mut fresh: Vec<TableId> = Vec::new();
+        for op in &ws.ddl {
+            use crate::wal::record::DdlOp;
+            match op {
+                DdlOp::Create(def) => {
+                    if catalog.get(&def.name).is_some() {
+                        return Err(conflict(format!(
+                            "table \"{}\" was created by a concurrent transaction",
+                            def.name
+                        )));
+                    }
+                    fresh.push(def.id);
+                    catalog = catalog.with(Arc::new(def.clone()));
+                }
+                DdlOp::Drop { id, name } => {
+                    if catalog.get(name).map(|d| d.id) != Some(*id) {
+                        return Err(conflict(format!("table \"{name}\" was dropped or changed by a concurrent transaction")));
+                    }
+                    catalog = catalog.without(name);
+                }
+                DdlOp::Truncate { old_id, new_id, name } => {
+                    let Some(def) = catalog.get(name).filter(|d| d.id == *old_id).cloned() else {
+                        return Err(conflict(format!("table \"{name}\" was dropped or changed by a concurrent transaction")));
+                    };
+                    fresh.push(*new_id);
+                    catalog = catalog.with(Arc::new(crate::schema::TableDef { id: *new_id, ..(*def).clone() }));
+                }
+            }
+        }
+        for (id, tw) in &ws.rows {
+            if catalog.get(&tw.def.name).map(|d| d.id) != Some(*id) {
+                return Err(conflict(format!(
+                    "table \"{}\" was dropped, truncated or replaced by a concurrent transaction",
+                    tw.def.name
+                )));
+            }
+            if fresh.contains(id) {
+                continue;
+            }
+            let data = self.store.table_data(*id).expect("a live table has data");
+            for key in tw.rows.keys() {
+                if let Some(lsn) = self.store.newest_version_lsn(&data, key) {
+                    if lsn > ws.snapshot_lsn {
+                        return Err(conflict(format!(
+                            "could not serialize access: row {key} of table \"{}\" was changed by a concurrent transaction",
+                            tw.def.name
+                        )));
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn commit(&mut self, ws: WriteSet) -> Result<CommitInfo> {
+        self.check_poisoned()?;
+        self.validate(&ws)?;
+        // Turn the write set into change lists, splitting off chunk records when it is large.
+        let mut chunks: Vec<TableChanges> = Vec::new();
+        let mut chunk_bytes = 0usize;
+        let mut tail: Vec<TableChanges> = Vec::new();
+        let mut tail_bytes = 0usize;
+        let mut total_bytes = 0usize;
+        for (id, tw) in ws.rows {
+            let key_type = tw.def.key_type();
+            let _ = key_type;
+            let mut current = TableChanges { table: id, changes: Vec::new() };
+            for (key, row) in tw.rows {
+                let change = match row {
+                    Some(bytes) => Change { op: ChangeOp::Put, bytes },
+                    None => {
+                        let mut b = Vec::new();
+                        key.encode(&mut b);
+                        Change { op: ChangeOp::Delete, bytes: b.into() }
+                    }
+                };
+                let len = change_encoded_len(change.bytes.len());
+                total_bytes += change.bytes.len();
+                if total_bytes > TXN_CHANGE_BYTES_MAX {
+                    return Err(Error::Sql(SqlError::new(
+                        ErrorCode::ProgramLimitExceeded,
+                        format!("transaction changes more than {TXN_CHANGE_BYTES_MAX} bytes of rows"),
+                    )));
+                }
+                if tail_bytes + len > CHUNK_TARGET_BYTES {
+                    // Move what has gathered into a chunk record.
+                    if !current.changes.is_empty() {
+                        tail.push(std::mem::replace(&mut current, TableChanges { table: id, changes: Vec::new() }));
+                    }
+                    self.body.clear();
+                    encode_changes(&tail, &mut self.body);
+                    if let Err(e) = self.writer.append(RecordKind::Chunk, &self.body) {
+                        self.poison(&e);
+                        return Err(e);
+                    }
+                    chunk_bytes += self.body.len();
+                    chunks.append(&mut tail);
+                    tail_bytes = 0;
+                }
+                tail_bytes += len;
+                current.changes.push(change);
+            }
+            if !current.changes.is_empty() {
+                tail.push(current);
+            }
+        }
+        let _ = chunk_bytes;
+        let txid = self.replayer.last_txid().next();
+        let commit_time_us = now_us().max(self.replayer.last_commit_time_us());
+        let mut record = CommitRecord { txid, commit_time_us, digest: 0, ddl: ws.ddl, changes: tail };
+        let rec = Record::Commit(record.clone());
+        self.body.clear();
+        rec.encode_body(&mut self.body);
+        let len = RECORD_HEADER_LEN + self.body.len();
+        if len > RECORD_LEN_MAX {
+            // Only DDL can make the tail this large (the row part was kept under the chunk size).
+            return Err(Error::Sql(SqlError::new(
+                ErrorCode::ProgramLimitExceeded,
+                "transaction's DDL does not fit one WAL record".to_string(),
+            )));
+        }
+        let start = self.writer.next_record_lsn(len);
+        let end = start.add(len as u64);
+        let digest = match self.replayer.apply_commit(&record, &chunks, end) {
+            Ok(d) => d,
+            Err(e) => {
+                self.poison(&e);
+                return Err(e);
+            }
+        };
+        record.digest = digest;
+        // Patch the digest into the encoded body: it follows the txid and time varints.
+        let offset = {
+            let mut r = crate::value::Reader::new(&self.body);
+            r.uvarint().expect("just encoded");
+            r.ivarint().expect("just encoded");
+            r.pos
+        };
+        self.body[offset..offset + 8].copy_from_slice(&digest.to_le_bytes());
+        debug_assert_eq!(
+            Record::decode_body(RecordKind::Commit, &self.body).ok(),
+            Some(Record::Commit(record.clone())),
+            "commit record must read back as written"
+        );
+        match self.writer.append(RecordKind::Commit, &self.body) {
+            Ok((s, e)) => assert_eq!((s, e), (start, end), "commit record landed where it was stamped"),
+            Err(e) => {
+                self.poison(&e);
+                return Err(e);
+            }
+        }
+        Ok(CommitInfo { txid, lsn: end, commit_time_us })
+    }
+
+    fn maybe_checkpoint(&mut self, requested: bool) {
+        let wal_bytes = self.writer.insert_lsn().bytes_since(self.wal_at_checkpoint);
+        let due = requested
+            || wal_bytes >= self.config.checkpoint_wal_bytes
+            || (wal_bytes > 0 && self.last_checkpoint.elapsed() >= self.config.checkpoint_interval);
+        if !due || self.checkpoint_running || self.poisoned.is_some() {
+            if let Some(why) = &self.poisoned {
+                for w in self.checkpoint_waiters.drain(..) {
+                    let _ = w.send(Err(Error::Poisoned(why.clone())));
+                }
+            }
+            return;
+        }
+        if self.writer.flushed_lsn() != self.writer.insert_lsn() && self.sync_and_publish().is_err() {
+            return;
+        }
+        let p = *self.shared.published.lock();
+        if p.lsn == self.control.checkpoint_lsn {
+            // Nothing new since the last snapshot.
+            for w in self.checkpoint_waiters.drain(..) {
+                let _ = w.send(Ok(p.lsn));
+            }
+            self.last_checkpoint = Instant::now();
+            return;
+        }
+        let view = self.store.read_view();
+        assert_eq!(view.lsn(), p.lsn, "published state and visible Lsn agree between batches");
+        let meta = SnapshotMeta {
+            system_id: self.control.system_id,
+            timeline: self.control.timeline,
+            lsn: p.lsn,
+            prev_lsn: p.prev_lsn,
+            last_txid: p.txid,
+            last_commit_time_us: p.commit_time_us,
+            digest: p.digest,
+            next_table_id: self.store.next_table_id(),
+        };
+        let snap_dir = self.dir.join("snapshots");
+        let tx = self.tx.clone();
+        self.checkpoint_running = true;
+        self.last_checkpoint = Instant::now();
+        self.wal_at_checkpoint = p.lsn;
+        let spawned = std::thread::Builder::new().name("hindsight-snapshot".into()).spawn(move || {
+            let started = Instant::now();
+            let result = write_snapshot(&snap_dir, &view, meta);
+            if let Ok(w) = &result {
+                tracing::info!(
+                    lsn = %w.meta.lsn, rows = w.rows, bytes = w.bytes,
+                    elapsed_ms = started.elapsed().as_millis() as u64, "snapshot written"
+                );
+            }
+            drop(view);
+            let _ = tx.send(Request::CheckpointDone(result));
+        });
+        if let Err(e) = spawned {
+            self.checkpoint_running = false;
+            let e = Error::io("start the snapshot thread", e);
+            for w in self.checkpoint_waiters.drain(..) {
+                let _ = w.send(Err(Error::Io { context: e.to_string(), source: std::io::Error::other("spawn") }));
+            }
+        }
+    }
+
+    fn finish_checkpoint(&mut self, result: Result<SnapshotWritten>) {
+        self.checkpoint_running = false;
+        let written = match result {
+            Ok(w) => w,
+            Err(e) => {
+                tracing::error!(error = %e, "snapshot failed; the previous one stays in use");
+                let msg = e.to_string();
+                for w in self.checkpoint_waiters.drain(..) {
+                    let _ = w.send(Err(Error::Mismatch(format!("checkpoint failed: {msg}"))));
+                }
+                return;
+            }
+        };
+        let lsn = written.meta.lsn;
+        let mut control = self.control.clone();
+        control.checkpoint_lsn = lsn;
+        control.checkpoint_prev_lsn = written.meta.prev_lsn;
+        control.snapshot = Some(snapshot_file_name(lsn));
+        if let Err(e) = control.write(&self.dir.join("control")) {
+            tracing::error!(error = %e, "could not record the snapshot in the control file");
+            let msg = e.to_string();
+            for w in self.checkpoint_waiters.drain(..) {
+                let _ = w.send(Err(Error::Mismatch(format!("checkpoint failed: {msg}"))));
+            }
+            return;
+        }
+        self.control = control;
+        self.shared.checkpoint_lsn.store(lsn.0, Ordering::Release);
+        if let Err(e) = self.append_simple(&Record::Checkpoint { snapshot_lsn: lsn, time_us: now_us() }) {
+            tracing::error!(error = %e, "could not log the checkpoint record");
+        }
+        self.remove_old_snapshots(lsn);
+        self.remove_unneeded_wal();
+        self.store.vacuum();
+        for w in self.checkpoint_waiters.drain(..) {
+            let _ = w.send(Ok(lsn));
+        }
+    }
+
+    fn remove_old_snapshots(&self, keep: Lsn) {
+        let dir = self.dir.join("snapshots");
+        let keep_name = snapshot_file_name(keep);
+        let Ok(rd) = std::fs::read_dir(&dir) else { return };
+        for entry in rd.flatten() {
+            let name = entry.file_name();
+            let name = name.to_string_lossy();
+            if name != keep_name && (name.ends_with(".snap") || name.ends_with(".snap.tmp")) {
+                if let Err(e) = std::fs::remove_file(entry.path()) {
+                    tracing::warn!(file = %entry.path().display(), error = %e, "could not remove an old snapshot");
+                }
+            }
+        }
+    }
+
+    /// The oldest Lsn some consumer still needs WAL from. Today only crash recovery (the
+    /// newest snapshot); the archiver and replication slots will lower it.
+    fn wal_needed_from(&self) -> Lsn {
+        self.control.checkpoint_lsn
+    }
+
+    /// Removes WAL segments that end at or before [`Committer::wal_needed_from`]. The one place
+    /// WAL is deleted.
+    fn remove_unneeded_wal(&self) {
+        let keep = self.wal_needed_from();
+        let seg = self.control.segment_size_bytes;
+        let wal_dir = self.dir.join("wal");
+        let Ok(segments) = list_segments(&wal_dir) else { return };
+        let mut removed = false;
+        for (_, no, path) in segments {
+            if (no + 1) * seg <= keep.0 {
+                match std::fs::remove_file(&path) {
+                    Ok(()) => removed = true,
+                    Err(e) => tracing::warn!(file = %path.display(), error = %e, "could not remove a WAL segment"),
+                }
+            }
+        }
+        if removed {
+            let _ = sync_dir(&wal_dir);
+        }
+    }
+}

@@ -1,0 +1,1 @@
+//! The SQL-ish language (being written).

@@ -1,0 +1,191 @@
+//! Reading the WAL in a data directory, for crash recovery: segment by segment through the one
+//! [`Decoder`], deciding what a decoding failure means.
+//!
+//! Recovery policy ([`TailPolicy`]): a failure in the newest segment whose bytes are not followed
+//! by a valid record chain is a torn tail — the WAL ends there, with a warning, and the caller
+//! truncates it. Any other failure (in an older segment, a bad link, a damaged segment header, a
+//! record whose successor is intact, a missing segment) is corruption: recovery stops with an
+//! error naming the file and the Lsn.
+
+use super::decoder::{DecodeErrorKind, Decoder, WalEntry};
+use super::record::{RECORD_HEADER_LEN, RECORD_LEN_MAX};
+use super::segment::{parse_segment_file_name, segment_file_name, segment_of};
+use crate::error::{Error, Result};
+use hindsight_protocol::{Lsn, Timeline};
+use std::collections::BTreeMap;
+use std::io::Read;
+use std::path::{Path, PathBuf};
+
+/// Bytes read from a segment file at a time.
+const READ_CHUNK_BYTES: usize = 1024 * 1024;
+
+/// What to do with a bad record in the newest segment.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum TailPolicy {
+    /// A torn tail ends the WAL (crash recovery).
+    TruncateTornTail,
+    /// Every failure is an error (verification of a finished, archived WAL).
+    Strict,
+}
+
+/// Where the WAL scan ended.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct WalEnd {
+    /// The end of the last good record: where the next record goes.
+    pub end_lsn: Lsn,
+    /// The start of the last good record.
+    pub prev_lsn: Option<Lsn>,
+    /// Set when the scan stopped at a torn tail: its Lsn, file and what was wrong.
+    pub torn: Option<(Lsn, PathBuf, String)>,
+}
+
+/// Lists the segment files in `dir` as (timeline, segment number, path), sorted.
+pub fn list_segments(dir: &Path) -> Result<Vec<(Timeline, u64, PathBuf)>> {
+    let rd = std::fs::read_dir(dir).map_err(|e| Error::io(format!("list WAL directory {}", dir.display()), e))?;
+    let mut out = Vec::new();
+    for entry in rd {
+        let entry = entry.map_err(|e| Error::io(format!("list WAL directory {}", dir.display()), e))?;
+        let name = entry.file_name();
+        if let Some((tl, no)) = name.to_str().and_then(parse_segment_file_name) {
+            out.push((tl, no, entry.path()));
+        }
+    }
+    out.sort();
+    Ok(out)
+}
+
+/// Reads every record from `start` to the end of the WAL in `dir`, calling `f` on each, and
+/// says where the WAL ends. For each segment number, the file of the highest timeline not
+/// above `timeline` is read.
+pub fn scan_wal(
+    dir: &Path,
+    system_id: u64,
+    timeline: Timeline,
+    segment_size_bytes: u64,
+    start: Lsn,
+    prev_lsn: Option<Lsn>,
+    policy: TailPolicy,
+    mut f: impl FnMut(WalEntry) -> Result<()>,
+) -> Result<WalEnd> {
+    let mut segments: BTreeMap<u64, PathBuf> = BTreeMap::new();
+    for (tl, no, path) in list_segments(dir)? {
+        if tl <= timeline {
+            segments.insert(no, path); // sorted by timeline, so the highest wins
+        }
+    }
+    let first = segment_of(start, segment_size_bytes);
+    let Some((&last, _)) = segments.iter().next_back() else {
+        return Err(Error::Corrupt {
+            lsn: start,
+            file: dir.join(segment_file_name(timeline, first)),
+            detail: "WAL segment missing: no segment files at all".into(),
+        });
+    };
+    let mut decoder = Decoder::new(start, prev_lsn, segment_size_bytes, system_id);
+    let mut chunk = vec![0u8; READ_CHUNK_BYTES];
+    for no in first..=last {
+        let Some(path) = segments.get(&no) else {
+            return Err(Error::Corrupt {
+                lsn: Lsn(no * segment_size_bytes),
+                file: dir.join(segment_file_name(timeline, no)),
+                detail: format!("WAL segment missing (segments {first:X}..{last:X} are needed)"),
+            });
+        };
+        let is_last = no == last;
+        let io = |e| Error::io(format!("read WAL segment {}", path.display()), e);
+        let mut file = std::fs::File::open(path).map_err(io)?;
+        let skip = if no == first { start.0 % segment_size_bytes } else { 0 };
+        if skip > 0 {
+            std::io::Seek::seek(&mut file, std::io::SeekFrom::Start(skip)).map_err(io)?;
+        }
+        let mut file_pos = skip;
+        'segment: loop {
+            let n = read_full(&mut file, &mut chunk).map_err(io)?;
+            if n == 0 {
+                break;
+            }
+            file_pos += n as u64;
+            decoder.feed(&chunk[..n]);
+            loop {
+                match decoder.next() {
+                    Ok(Some(entry)) => f(entry)?,
+                    Ok(None) => break,
+                    Err(e) if e.kind == DecodeErrorKind::Unwritten && is_last => {
+                        return Ok(WalEnd { end_lsn: e.lsn, prev_lsn: decoder.prev_lsn(), torn: None });
+                    }
+                    Err(e) => {
+                        let torn = is_last
+                            && policy == TailPolicy::TruncateTornTail
+                            && matches!(
+                                e.kind,
+                                DecodeErrorKind::BadChecksum | DecodeErrorKind::BadLength | DecodeErrorKind::BadBody
+                            )
+                            && !chain_continues_after(path, segment_size_bytes, e.lsn)?;
+                        if torn {
+                            return Ok(WalEnd {
+                                end_lsn: e.lsn,
+                                prev_lsn: decoder.prev_lsn(),
+                                torn: Some((e.lsn, path.clone(), e.detail)),
+                            });
+                        }
+                        return Err(Error::Corrupt { lsn: e.lsn, file: path.clone(), detail: e.detail });
+                    }
+                }
+                if decoder.position().0 / segment_size_bytes > no {
+                    break 'segment; // padding consumed: the rest of this segment is unused
+                }
+            }
+        }
+        let reached = decoder.position();
+        if reached.0 / segment_size_bytes == no && file_pos < segment_size_bytes {
+            // The file is shorter than a segment: only acceptable as a torn newest segment.
+            if is_last && policy == TailPolicy::TruncateTornTail {
+                return Ok(WalEnd {
+                    end_lsn: reached,
+                    prev_lsn: decoder.prev_lsn(),
+                    torn: Some((reached, path.clone(), "segment file shorter than the segment size".into())),
+                });
+            }
+            return Err(Error::Corrupt {
+                lsn: reached,
+                file: path.clone(),
+                detail: format!("segment file is {file_pos} bytes, shorter than the segment size"),
+            });
+        }
+    }
+    Ok(WalEnd { end_lsn: decoder.position(), prev_lsn: decoder.prev_lsn(), torn: None })
+}
+
+fn read_full(file: &mut std::fs::File, buf: &mut [u8]) -> std::io::Result<usize> {
+    let mut n = 0;
+    while n < buf.len() {
+        match file.read(&mut buf[n..])? {
+            0 => break,
+            k => n += k,
+        }
+    }
+    Ok(n)
+}
+
+/// Whether a valid record linking back to the bad record at `bad` follows it. A torn write
+/// leaves nothing valid after the tear; a flipped byte inside an old record leaves the chain
+/// intact after it, and that is corruption, never a tail to cut.
+fn chain_continues_after(path: &Path, segment_size_bytes: u64, bad: Lsn) -> Result<bool> {
+    let data = std::fs::read(path).map_err(|e| Error::io(format!("read WAL segment {}", path.display()), e))?;
+    let off = (bad.0 % segment_size_bytes) as usize;
+    let Some(len_bytes) = data.get(off..off + 4) else { return Ok(false) };
+    let len = u32::from_le_bytes(len_bytes.try_into().expect("4 bytes")) as usize;
+    if !(RECORD_HEADER_LEN..=RECORD_LEN_MAX).contains(&len) {
+        return Ok(false);
+    }
+    let next = off + len;
+    let Some(next_len) = data.get(next..next + 4) else { return Ok(false) };
+    let next_len = u32::from_le_bytes(next_len.try_into().expect("4 bytes")) as usize;
+    if !(RECORD_HEADER_LEN..=RECORD_LEN_MAX).contains(&next_len) {
+        return Ok(false);
+    }
+    let Some(rec) = data.get(next..next + next_len) else { return Ok(false) };
+    let crc = u32::from_le_bytes(rec[4..8].try_into().expect("4 bytes"));
+    let prev = u64::from_le_bytes(rec[8..16].try_into().expect("8 bytes"));
+    Ok(crc32c::crc32c(&rec[8..]) == crc && prev == bad.0)
+}

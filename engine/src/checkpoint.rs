@@ -41,7 +41,7 @@ pub const SNAPSHOT_BLOCK_LEN_MAX: usize = 4 * SNAPSHOT_BLOCK_BYTES;
 const _: () = assert!(ROW_LEN_MAX + 16 < SNAPSHOT_BLOCK_LEN_MAX - SNAPSHOT_BLOCK_BYTES);
 
 const SNAPSHOT_MAGIC: &[u8; 8] = b"HSSNAP01";
-const SNAPSHOT_HEADER_LEN: usize = 60;
+const SNAPSHOT_HEADER_LEN: usize = 56;
 const CONTROL_MAGIC: u32 = 0x5443_5348; // "HSCT"
 /// The control-file format this build reads and writes.
 pub const CONTROL_FORMAT: u32 = 1;

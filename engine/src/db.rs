@@ -839,7 +839,9 @@ impl Committer {
         self.wal_at_checkpoint = p.lsn;
         let spawned = std::thread::Builder::new().name("hindsight-snapshot".into()).spawn(move || {
             let started = Instant::now();
-            let result = write_snapshot(&snap_dir, &view, meta);
+            // A panic here must still reach the committer, or CHECKPOINT waiters would hang.
+            let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| write_snapshot(&snap_dir, &view, meta)))
+                .unwrap_or_else(|_| Err(Error::Mismatch("the snapshot writer panicked (a bug); see the log".into())));
             if let Ok(w) = &result {
                 tracing::info!(
                     lsn = %w.meta.lsn, rows = w.rows, bytes = w.bytes,

@@ -167,25 +167,24 @@ fn read_full(file: &mut std::fs::File, buf: &mut [u8]) -> std::io::Result<usize>
     Ok(n)
 }
 
-/// Whether a valid record linking back to the bad record at `bad` follows it. A torn write
-/// leaves nothing valid after the tear; a flipped byte inside an old record leaves the chain
-/// intact after it, and that is corruption, never a tail to cut.
+/// Whether any valid record lies after the bad one at `bad` in its segment. A torn write leaves
+/// only garbage and zeros after the tear; a flipped byte inside an old record (even in its length
+/// field) leaves intact records after it, and that is corruption, never a tail to cut. Runs only
+/// on the error path, so it may read the whole segment.
 fn chain_continues_after(path: &Path, segment_size_bytes: u64, bad: Lsn) -> Result<bool> {
     let data = std::fs::read(path).map_err(|e| Error::io(format!("read WAL segment {}", path.display()), e))?;
-    let off = (bad.0 % segment_size_bytes) as usize;
-    let Some(len_bytes) = data.get(off..off + 4) else { return Ok(false) };
-    let len = u32::from_le_bytes(len_bytes.try_into().expect("4 bytes")) as usize;
-    if !(RECORD_HEADER_LEN..=RECORD_LEN_MAX).contains(&len) {
-        return Ok(false);
+    let start = (bad.0 % segment_size_bytes) as usize + 1;
+    let mut off = start;
+    while off + RECORD_HEADER_LEN <= data.len() {
+        let len = u32::from_le_bytes(data[off..off + 4].try_into().expect("4 bytes")) as usize;
+        if (RECORD_HEADER_LEN..=RECORD_LEN_MAX).contains(&len) && off + len <= data.len() {
+            let rec = &data[off..off + len];
+            let crc = u32::from_le_bytes(rec[4..8].try_into().expect("4 bytes"));
+            if crc32c::crc32c(&rec[8..]) == crc {
+                return Ok(true);
+            }
+        }
+        off += 1;
     }
-    let next = off + len;
-    let Some(next_len) = data.get(next..next + 4) else { return Ok(false) };
-    let next_len = u32::from_le_bytes(next_len.try_into().expect("4 bytes")) as usize;
-    if !(RECORD_HEADER_LEN..=RECORD_LEN_MAX).contains(&next_len) {
-        return Ok(false);
-    }
-    let Some(rec) = data.get(next..next + next_len) else { return Ok(false) };
-    let crc = u32::from_le_bytes(rec[4..8].try_into().expect("4 bytes"));
-    let prev = u64::from_le_bytes(rec[8..16].try_into().expect("8 bytes"));
-    Ok(crc32c::crc32c(&rec[8..]) == crc && prev == bad.0)
+    Ok(false)
 }

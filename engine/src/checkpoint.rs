@@ -12,7 +12,8 @@
 //!         | last_commit_time_us i64 | digest u64 | next_table_id u32 |
 //!
 //! block: | payload_len u32 | crc32c(payload) u32 | payload |, payload = entries:
-//!   `1 | table definition` (schema encoding), `2 | table_id uvarint | n uvarint | (len uvarint | row)*`,
+//!   `1 | table definition | expected_rows uvarint` (schema encoding; the row count is a sizing
+//!   hint only), `2 | table_id uvarint | n uvarint | (len uvarint | row)*`,
 //!   `3 | total_rows u64` (the end entry; the file must end right after its block).
 //!
 //! Control file `control`, replaced atomically (temp → fsync → rename → fsync dir):
@@ -137,6 +138,7 @@ pub fn write_snapshot(dir: &Path, view: &ReadView, meta: SnapshotMeta) -> Result
     for def in view.catalog().tables() {
         w.payload.push(1);
         def.encode(&mut w.payload);
+        put_uvarint(&mut w.payload, view.store().row_count(def.id));
         // Rows go in runs: | 2 | table_id | n | rows |, n patched when the run ends.
         let mut run: Vec<u8> = Vec::new();
         let mut n = 0u64;
@@ -244,8 +246,11 @@ pub fn load_snapshot(path: &Path, store: &Store, expected_system_id: u64) -> Res
             match p.u8().map_err(fail)? {
                 1 => {
                     let def = TableDef::decode(&mut p).map_err(fail)?;
+                    let expected_rows = p.uvarint().map_err(fail)?;
                     store.create_table(Arc::new(def.clone()), lsn);
-                    tables.push(store.table_data(def.id).expect("table just created"));
+                    let t = store.table_data(def.id).expect("table just created");
+                    t.reserve(expected_rows.min(1 << 32) as usize);
+                    tables.push(t);
                 }
                 2 => {
                     let id = TableId(p.uvarint().map_err(fail)? as u32);
@@ -257,7 +262,7 @@ pub fn load_snapshot(path: &Path, store: &Store, expected_system_id: u64) -> Res
                         let len = p.len(ROW_LEN_MAX).map_err(fail)?;
                         let row = p.bytes(len).map_err(fail)?;
                         let key = row_key(&t.def.types, t.def.pk, row).map_err(fail)?;
-                        crate::value::decode_row(&t.def.types, row).map_err(fail)?;
+                        crate::value::validate_row(&t.def.types, row).map_err(fail)?;
                         store.load_row(t, key, row.into(), lsn);
                         rows_seen += 1;
                     }

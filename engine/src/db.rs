@@ -116,7 +116,11 @@ pub struct RecoveryReport {
     pub end_lsn: Lsn,
     /// Set when a torn tail (or an incomplete large transaction) was cut off: from where.
     pub truncated_at: Option<Lsn>,
-    /// Time spent.
+    /// Time spent loading the snapshot.
+    pub snapshot_elapsed: Duration,
+    /// Time spent reading and replaying the WAL.
+    pub replay_elapsed: Duration,
+    /// Time spent in all.
     pub elapsed: Duration,
 }
 
@@ -221,6 +225,8 @@ impl Database {
             report.snapshot_lsn = Some(meta.lsn);
             report.snapshot_rows = store.stats().rows;
         }
+        report.snapshot_elapsed = started.elapsed();
+        let replay_started = Instant::now();
         let mut replayer = Replayer::new(Arc::clone(&store), last_txid, last_time, control.checkpoint_lsn);
         let start = control.checkpoint_lsn;
         let mut replayed = 0u64;
@@ -234,7 +240,8 @@ impl Database {
             TailPolicy::TruncateTornTail,
             |entry| {
                 let lsn = entry.lsn;
-                replayer.apply(&entry).map_err(|e| match e {
+                let is_commit = matches!(entry.record, Record::Commit(_));
+                replayer.apply(entry).map_err(|e| match e {
                     Error::Corrupt { detail, .. } => Error::Corrupt {
                         lsn,
                         file: wal_dir.join(segment_file_name(control.timeline, segment_of(lsn, seg))),
@@ -242,12 +249,13 @@ impl Database {
                     },
                     other => other,
                 })?;
-                if matches!(entry.record, Record::Commit(_)) {
+                if is_commit {
                     replayed += 1;
                 }
                 Ok(())
             },
         )?;
+        report.replay_elapsed = replay_started.elapsed();
         let (complete_end, complete_prev) = replayer.complete_end();
         let prev = complete_prev.unwrap_or(control.checkpoint_prev_lsn);
         if let Some((lsn, file, detail)) = &end.torn {
@@ -750,10 +758,10 @@ impl Committer {
         let _ = chunk_bytes;
         let txid = self.replayer.last_txid().next();
         let commit_time_us = now_us().max(self.replayer.last_commit_time_us());
-        let mut record = CommitRecord { txid, commit_time_us, digest: 0, ddl: ws.ddl, changes: tail };
-        let rec = Record::Commit(record.clone());
+        let record = Record::Commit(CommitRecord { txid, commit_time_us, digest: 0, ddl: ws.ddl, changes: tail });
         self.body.clear();
-        rec.encode_body(&mut self.body);
+        record.encode_body(&mut self.body);
+        let Record::Commit(record) = record else { unreachable!("built as a commit") };
         let len = RECORD_HEADER_LEN + self.body.len();
         if len > RECORD_LEN_MAX {
             // Only DDL can make the tail this large (the row part was kept under the chunk size).
@@ -764,14 +772,13 @@ impl Committer {
         }
         let start = self.writer.next_record_lsn(len);
         let end = start.add(len as u64);
-        let digest = match self.replayer.apply_commit(&record, &chunks, end) {
+        let digest = match self.replayer.apply_commit(record, chunks, end) {
             Ok(d) => d,
             Err(e) => {
                 self.poison(&e);
                 return Err(e);
             }
         };
-        record.digest = digest;
         // Patch the digest into the encoded body: it follows the txid and time varints.
         let offset = {
             let mut r = crate::value::Reader::new(&self.body);
@@ -780,9 +787,9 @@ impl Committer {
             r.pos
         };
         self.body[offset..offset + 8].copy_from_slice(&digest.to_le_bytes());
-        debug_assert_eq!(
-            Record::decode_body(RecordKind::Commit, &self.body).ok(),
-            Some(Record::Commit(record.clone())),
+        // Pair assertion: the record reads back with the digest it will be replayed against.
+        debug_assert!(
+            matches!(Record::decode_body(RecordKind::Commit, &self.body), Ok(Record::Commit(c)) if c.digest == digest && c.txid == txid),
             "commit record must read back as written"
         );
         match self.writer.append(RecordKind::Commit, &self.body) {

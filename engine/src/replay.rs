@@ -116,15 +116,15 @@ impl Replayer {
 
     /// Applies one record and checks it. Errors are corruption: the record does not fit the
     /// state (unknown table, txid out of order, digest mismatch).
-    pub fn apply(&mut self, entry: &WalEntry) -> Result<Applied> {
-        let applied = match &entry.record {
+    pub fn apply(&mut self, entry: WalEntry) -> Result<Applied> {
+        let applied = match entry.record {
             Record::Chunk(changes) => {
                 let bytes: usize = changes.iter().flat_map(|t| &t.changes).map(|c| c.bytes.len()).sum();
                 self.pending_bytes += bytes;
                 if self.pending_bytes > TXN_CHANGE_BYTES_MAX {
                     return Err(Self::corrupt(entry.lsn, "transaction past TXN_CHANGE_BYTES_MAX".into()));
                 }
-                self.pending.extend(changes.iter().cloned());
+                self.pending.extend(changes);
                 return Ok(Applied::Chunk);
             }
             Record::Commit(c) => {
@@ -137,21 +137,21 @@ impl Replayer {
                 }
                 let pending = std::mem::take(&mut self.pending);
                 self.pending_bytes = 0;
-                let digest = self.apply_commit(c, &pending, entry.end_lsn)?;
-                if digest != c.digest {
+                let (txid, commit_time_us, logged) = (c.txid, c.commit_time_us, c.digest);
+                let digest = self.apply_commit(c, pending, entry.end_lsn)?;
+                if digest != logged {
                     return Err(Self::corrupt(
                         entry.lsn,
                         format!(
-                            "state digest mismatch after TxId {}: replay computed {digest:016x}, the primary logged {:016x}",
-                            c.txid, c.digest
+                            "state digest mismatch after TxId {txid}: replay computed {digest:016x}, the primary logged {logged:016x}",
                         ),
                     ));
                 }
-                Applied::Commit { txid: c.txid, lsn: entry.end_lsn, commit_time_us: c.commit_time_us }
+                Applied::Commit { txid, lsn: entry.end_lsn, commit_time_us }
             }
-            Record::Checkpoint { snapshot_lsn, .. } => Applied::Checkpoint { snapshot_lsn: *snapshot_lsn },
-            Record::RestorePoint { name, .. } => Applied::RestorePoint { name: name.clone(), lsn: entry.end_lsn },
-            Record::EndOfRecovery { new_timeline, .. } => Applied::EndOfRecovery { new_timeline: *new_timeline },
+            Record::Checkpoint { snapshot_lsn, .. } => Applied::Checkpoint { snapshot_lsn },
+            Record::RestorePoint { name, .. } => Applied::RestorePoint { name, lsn: entry.end_lsn },
+            Record::EndOfRecovery { new_timeline, .. } => Applied::EndOfRecovery { new_timeline },
         };
         if !self.pending.is_empty() {
             return Err(Self::corrupt(entry.lsn, "a large transaction's chunks are not followed by its commit".into()));
@@ -165,7 +165,7 @@ impl Replayer {
     /// stamped `end_lsn`; returns the digest after it. Does not check the record's digest (the
     /// committer calls this to learn the digest it will log). On error the store may be partly
     /// changed: the caller must stop using it (replay stops; the committer poisons itself).
-    pub fn apply_commit(&mut self, c: &CommitRecord, chunks: &[TableChanges], end_lsn: Lsn) -> Result<u64> {
+    pub fn apply_commit(&mut self, c: CommitRecord, chunks: Vec<TableChanges>, end_lsn: Lsn) -> Result<u64> {
         let lsn = end_lsn;
         for op in &c.ddl {
             let catalog = self.store.newest_catalog();
@@ -191,18 +191,18 @@ impl Replayer {
             }
         }
         let horizon = self.store.horizon();
-        for t in chunks.iter().chain(&c.changes) {
+        for t in chunks.into_iter().chain(c.changes) {
             let Some(data) = self.store.table_data(t.table) else {
                 return Err(Self::corrupt(lsn, format!("change to table id {} that does not exist", t.table)));
             };
             let def = Arc::clone(&data.def);
-            for change in &t.changes {
+            for change in t.changes {
                 let (key, row) = match change.op {
                     ChangeOp::Put => {
                         let key = row_key(&def.types, def.pk, &change.bytes)
-                            .and_then(|k| crate::value::decode_row(&def.types, &change.bytes).map(|_| k))
+                            .and_then(|k| crate::value::validate_row(&def.types, &change.bytes).map(|_| k))
                             .map_err(|e| Self::corrupt(lsn, format!("row of table \"{}\": {e}", def.name)))?;
-                        (key, Some(change.bytes.clone()))
+                        (key, Some(change.bytes))
                     }
                     ChangeOp::Delete => {
                         let (key, used) = Key::decode(def.key_type(), &change.bytes)

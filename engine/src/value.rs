@@ -450,6 +450,33 @@ pub fn decode_row(types: &[DataType], buf: &[u8]) -> Result<Vec<Value>, CodecErr
     Ok(values)
 }
 
+/// Checks that `buf` is a well-formed row of `types` without allocating.
+pub fn validate_row(types: &[DataType], buf: &[u8]) -> Result<(), CodecError> {
+    let bitmap_len = types.len().div_ceil(8);
+    let mut r = Reader::new(buf);
+    let bitmap = r.bytes(bitmap_len)?;
+    for (i, ty) in types.iter().enumerate() {
+        if bitmap[i / 8] & (1 << (i % 8)) == 0 {
+            match ty {
+                DataType::Text => {
+                    let n = r.len(ROW_LEN_MAX)?;
+                    std::str::from_utf8(r.bytes(n)?).map_err(|_| CodecError("invalid UTF-8"))?;
+                }
+                DataType::Boolean => {
+                    if r.u8()? > 1 {
+                        return Err(CodecError("boolean byte is not 0 or 1"));
+                    }
+                }
+                _ => r.skip_value(*ty)?,
+            }
+        }
+    }
+    if !r.is_empty() {
+        return Err(CodecError("trailing bytes after row"));
+    }
+    Ok(())
+}
+
 /// Extracts the primary key (column `pk` of `types`) from an encoded row without decoding the
 /// rest. The key column is never NULL.
 #[inline]

@@ -283,7 +283,11 @@ pub fn load_snapshot(path: &Path, store: &Store, expected_system_id: u64) -> Res
     }
     if store.digest() != meta.digest {
         return Err(corrupt(
-            format!("snapshot digest mismatch: rows hash to {:016x}, header says {:016x}", store.digest(), meta.digest),
+            format!(
+                "snapshot digest mismatch: rows hash to {:016x}, header says {:016x}",
+                store.digest(),
+                meta.digest
+            ),
             lsn,
         ));
     }
@@ -314,8 +318,10 @@ pub struct Control {
 impl Control {
     /// Reads and checks `path`.
     pub fn read(path: &Path) -> Result<Control> {
-        let data = std::fs::read(path).map_err(|e| Error::io(format!("read control file {}", path.display()), e))?;
-        let corrupt = |detail: &str| Error::Corrupt { lsn: Lsn::ZERO, file: path.to_path_buf(), detail: detail.into() };
+        let data =
+            std::fs::read(path).map_err(|e| Error::io(format!("read control file {}", path.display()), e))?;
+        let corrupt =
+            |detail: &str| Error::Corrupt { lsn: Lsn::ZERO, file: path.to_path_buf(), detail: detail.into() };
         if data.len() < 16 || data.len() > CONTROL_LEN_MAX {
             return Err(corrupt("control file has an impossible size"));
         }

@@ -15,18 +15,22 @@
 //! new visible Lsn and only then acknowledges. Snapshots are written by a background thread from
 //! a read view; the committer records them when they finish.
 
-use crate::checkpoint::{load_snapshot, snapshot_file_name, write_snapshot, Control, SnapshotMeta, SnapshotWritten};
+use crate::checkpoint::{
+    load_snapshot, snapshot_file_name, write_snapshot, Control, SnapshotMeta, SnapshotWritten,
+};
 use crate::error::{Error, ErrorCode, Result, SqlError};
 use crate::replay::{Replayer, TXN_CHANGE_BYTES_MAX};
 use crate::schema::TableId;
 use crate::store::{ReadView, Store};
 use crate::txn::{CommitInfo, WriteSet};
-use crate::wal::reader::{list_segments, scan_wal, TailPolicy};
+use crate::wal::reader::{list_segments, scan_wal, TailPolicy, WalDir};
 use crate::wal::record::{
     change_encoded_len, encode_changes, Change, ChangeOp, CommitRecord, Record, RecordKind, TableChanges,
     RECORD_HEADER_LEN, RECORD_LEN_MAX, RESTORE_POINT_NAME_MAX,
 };
-use crate::wal::segment::{first_record_lsn, segment_file_name, segment_of, valid_segment_size, SEGMENT_SIZE_DEFAULT};
+use crate::wal::segment::{
+    first_record_lsn, segment_file_name, segment_of, valid_segment_size, SEGMENT_SIZE_DEFAULT,
+};
 use crate::wal::writer::{create_segment, sync_dir, truncate_wal, WalWriter};
 use crossbeam_channel::{bounded, Receiver, RecvTimeoutError, Sender};
 use hindsight_protocol::{Lsn, Timeline, TxId};
@@ -43,6 +47,11 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 pub const COMMIT_QUEUE_MAX: usize = 1024;
 /// The most requests one group commit takes.
 pub const GROUP_COMMIT_MAX: usize = 512;
+/// The longest the flusher waits for more commits to join a group before an fdatasync: after
+/// acknowledging n commits it expects their writers back soon and waits (at most this long)
+/// for about n commits to queue, so writers that would fall into alternating half-size groups
+/// share one fsync instead (PostgreSQL's `commit_delay`, made adaptive).
+pub const COMMIT_DELAY: Duration = Duration::from_micros(100);
 /// Payload bytes per chunk record of a large transaction.
 const CHUNK_TARGET_BYTES: usize = RECORD_LEN_MAX - 4096;
 
@@ -99,6 +108,12 @@ pub struct Status {
     pub rows: u64,
     /// Tables.
     pub tables: usize,
+    /// WAL fdatasyncs since open.
+    pub wal_syncs: u64,
+    /// Microseconds spent in them.
+    pub wal_sync_us: u64,
+    /// Commits (and restore points) acknowledged since open.
+    pub commits: u64,
 }
 
 /// What recovery found when the database opened.
@@ -135,8 +150,125 @@ struct Published {
 
 struct Shared {
     published: Mutex<Published>,
+    wal_syncs: AtomicU64,
+    wal_sync_us: AtomicU64,
+    commits: AtomicU64,
     insert_lsn: AtomicU64,
     checkpoint_lsn: AtomicU64,
+}
+
+/// An acknowledgement waiting for its group's fdatasync.
+enum Ack {
+    Commit(Sender<Result<CommitInfo>>, CommitInfo),
+    Lsn(Sender<Result<Lsn>>, Lsn),
+}
+
+impl Ack {
+    fn fail(self, why: &str) {
+        match self {
+            Ack::Commit(reply, _) => drop(reply.send(Err(Error::Poisoned(why.to_string())))),
+            Ack::Lsn(reply, _) => drop(reply.send(Err(Error::Poisoned(why.to_string())))),
+        }
+    }
+
+    fn succeed(self) {
+        match self {
+            Ack::Commit(reply, info) => drop(reply.send(Ok(info))),
+            Ack::Lsn(reply, lsn) => drop(reply.send(Ok(lsn))),
+        }
+    }
+}
+
+/// One group of records written to the page cache, waiting for the flusher.
+struct Group {
+    /// The state after the group's last record.
+    state: Published,
+    acks: Vec<Ack>,
+}
+
+/// What the committer hands the flusher. The committer appends and writes group after group;
+/// the flusher fdatasyncs whatever is written when it gets to it (so one fsync covers every
+/// group that arrived during the previous one), publishes, and acknowledges.
+///
+/// Invariants:
+/// - `groups` are in Lsn order; `file` is the segment holding the newest group's records
+///   (older segments were fsynced by the committer when it switched away from them).
+/// - Once `poisoned` is set it stays set and every waiting and later acknowledgement fails.
+#[derive(Default)]
+struct FlushQueue {
+    groups: std::collections::VecDeque<Group>,
+    file: Option<Arc<File>>,
+    flushed: Option<Lsn>,
+    poisoned: Option<String>,
+    stop: bool,
+}
+
+struct Flusher {
+    queue: Mutex<FlushQueue>,
+    wake: parking_lot::Condvar,
+    /// Signalled after each publish, for the committer waiting on a checkpoint or shutdown.
+    done: parking_lot::Condvar,
+}
+
+impl Flusher {
+    fn run(&self, store: &Store, shared: &Shared, fsync: bool) {
+        let queued = |q: &FlushQueue| q.groups.iter().map(|g| g.acks.len()).sum::<usize>();
+        let mut last_acked = 0usize;
+        loop {
+            let (file, target) = {
+                let mut q = self.queue.lock();
+                while q.groups.is_empty() && !q.stop {
+                    self.wake.wait(&mut q);
+                }
+                if q.groups.is_empty() && q.stop {
+                    return;
+                }
+                if fsync && !q.stop && queued(&q) < last_acked {
+                    let deadline = Instant::now() + COMMIT_DELAY;
+                    while queued(&q) < last_acked && !q.stop {
+                        if self.wake.wait_until(&mut q, deadline).timed_out() {
+                            break;
+                        }
+                    }
+                }
+                let target = q.groups.back().expect("not empty").state.lsn;
+                (q.file.clone().expect("a group comes with its file"), target)
+            };
+            let started = Instant::now();
+            let synced = if fsync { file.sync_data() } else { Ok(()) };
+            shared.wal_syncs.fetch_add(1, Ordering::Relaxed);
+            shared.wal_sync_us.fetch_add(started.elapsed().as_micros() as u64, Ordering::Relaxed);
+            let mut q = self.queue.lock();
+            if let Err(e) = synced {
+                let why = format!("fsync WAL: {e}");
+                tracing::error!(error = %why, "WAL fsync failed; refusing further writes until restart");
+                q.poisoned.get_or_insert(why.clone());
+                for g in q.groups.drain(..) {
+                    g.acks.into_iter().for_each(|a| a.fail(&why));
+                }
+                self.done.notify_all();
+                continue;
+            }
+            let mut acks = Vec::new();
+            let mut last = None;
+            while q.groups.front().is_some_and(|g| g.state.lsn <= target) {
+                let g = q.groups.pop_front().expect("front exists");
+                last = Some(g.state);
+                acks.extend(g.acks);
+            }
+            if let Some(state) = last {
+                let mut published = shared.published.lock();
+                store.publish(state.lsn, state.commit_time_us);
+                *published = state;
+                q.flushed = Some(state.lsn);
+            }
+            drop(q);
+            self.done.notify_all();
+            last_acked = acks.len();
+            shared.commits.fetch_add(acks.len() as u64, Ordering::Relaxed);
+            acks.into_iter().for_each(Ack::succeed);
+        }
+    }
 }
 
 enum Request {
@@ -190,7 +322,8 @@ impl Database {
     /// crash recovery: newest snapshot + WAL replay, torn tail cut with a warning.
     pub fn open(dir: &Path, config: Config) -> Result<Arc<Database>> {
         let started = Instant::now();
-        std::fs::create_dir_all(dir).map_err(|e| Error::io(format!("create data directory {}", dir.display()), e))?;
+        std::fs::create_dir_all(dir)
+            .map_err(|e| Error::io(format!("create data directory {}", dir.display()), e))?;
         let lock = lock_dir(dir)?;
         let control_path = dir.join("control");
         let wal_dir = dir.join("wal");
@@ -217,7 +350,10 @@ impl Database {
                 return Err(Error::Corrupt {
                     lsn: meta.lsn,
                     file: snap_dir.join(name),
-                    detail: format!("snapshot is at {}, the control file says {}", meta.lsn, control.checkpoint_lsn),
+                    detail: format!(
+                        "snapshot is at {}, the control file says {}",
+                        meta.lsn, control.checkpoint_lsn
+                    ),
                 });
             }
             last_txid = meta.last_txid;
@@ -231,10 +367,12 @@ impl Database {
         let start = control.checkpoint_lsn;
         let mut replayed = 0u64;
         let end = scan_wal(
-            &wal_dir,
-            control.system_id,
-            control.timeline,
-            seg,
+            WalDir {
+                path: &wal_dir,
+                system_id: control.system_id,
+                timeline: control.timeline,
+                segment_size_bytes: seg,
+            },
             start,
             Some(control.checkpoint_prev_lsn),
             TailPolicy::TruncateTornTail,
@@ -276,7 +414,15 @@ impl Database {
         report.end_lsn = complete_end;
         // Segments past the end belonging to this timeline were removed by truncate_wal; make
         // sure the writer's segment exists (a fresh directory has segment 0 from init).
-        let writer = WalWriter::open(&wal_dir, control.system_id, control.timeline, seg, complete_end, prev, config.fsync)?;
+        let writer = WalWriter::open(
+            &wal_dir,
+            control.system_id,
+            control.timeline,
+            seg,
+            complete_end,
+            prev,
+            config.fsync,
+        )?;
         let txid = replayer.last_txid();
         let time = replayer.last_commit_time_us();
         store.publish(complete_end, time);
@@ -289,6 +435,9 @@ impl Database {
                 digest: store.digest(),
             }),
             insert_lsn: AtomicU64::new(writer.insert_lsn().0),
+            wal_syncs: AtomicU64::new(0),
+            wal_sync_us: AtomicU64::new(0),
+            commits: AtomicU64::new(0),
             checkpoint_lsn: AtomicU64::new(control.checkpoint_lsn.0),
         });
         report.elapsed = started.elapsed();
@@ -313,6 +462,13 @@ impl Database {
             checkpoint_waiters: Vec::new(),
             last_checkpoint: Instant::now(),
             wal_at_checkpoint: complete_end,
+            flusher: Arc::new(Flusher {
+                queue: Mutex::new(FlushQueue::default()),
+                wake: parking_lot::Condvar::new(),
+                done: parking_lot::Condvar::new(),
+            }),
+            flusher_thread: None,
+            enqueued: complete_end,
         };
         let handle = std::thread::Builder::new()
             .name("hindsight-committer".into())
@@ -431,6 +587,9 @@ impl Database {
             checkpoint_lsn: Lsn(self.shared.checkpoint_lsn.load(Ordering::Acquire)),
             rows: stats.rows,
             tables: stats.tables,
+            wal_syncs: self.shared.wal_syncs.load(Ordering::Relaxed),
+            wal_sync_us: self.shared.wal_sync_us.load(Ordering::Relaxed),
+            commits: self.shared.commits.load(Ordering::Relaxed),
         }
     }
 
@@ -510,6 +669,10 @@ struct Committer {
     checkpoint_waiters: Vec<Sender<Result<Lsn>>>,
     last_checkpoint: Instant,
     wal_at_checkpoint: Lsn,
+    flusher: Arc<Flusher>,
+    flusher_thread: Option<JoinHandle<()>>,
+    /// The end of the last group handed to the flusher.
+    enqueued: Lsn,
 }
 
 fn conflict(message: String) -> Error {
@@ -518,6 +681,18 @@ fn conflict(message: String) -> Error {
 
 impl Committer {
     fn run(mut self) {
+        let flusher = Arc::clone(&self.flusher);
+        let (store, shared, fsync) =
+            (Arc::clone(&self.store), Arc::clone(&self.shared), self.writer.fsync_enabled());
+        let spawned = std::thread::Builder::new()
+            .name("hindsight-flusher".into())
+            .spawn(move || flusher.run(&store, &shared, fsync));
+        match spawned {
+            Ok(h) => self.flusher_thread = Some(h),
+            Err(e) => {
+                self.poison(&Error::io("start the WAL flusher thread", e));
+            }
+        }
         let mut batch = Vec::with_capacity(GROUP_COMMIT_MAX);
         loop {
             let wait = self.config.checkpoint_interval.saturating_sub(self.last_checkpoint.elapsed());
@@ -538,7 +713,12 @@ impl Committer {
             }
             let stop = self.process(&mut batch);
             if stop {
-                let _ = self.writer.sync();
+                let _ = self.wait_flushed();
+                self.flusher.queue.lock().stop = true;
+                self.flusher.wake.notify_all();
+                if let Some(h) = self.flusher_thread.take() {
+                    let _ = h.join();
+                }
                 for w in self.checkpoint_waiters.drain(..) {
                     let _ = w.send(Err(Error::Shutdown));
                 }
@@ -549,22 +729,20 @@ impl Committer {
 
     /// Handles one group of requests; returns true on shutdown.
     fn process(&mut self, batch: &mut Vec<Request>) -> bool {
-        let mut commit_acks = Vec::new();
-        let mut lsn_acks = Vec::new();
+        let mut acks = Vec::new();
         let mut want_checkpoint = false;
         let mut stop = false;
         for req in batch.drain(..) {
             match req {
                 Request::Commit(ws, reply) => match self.commit(ws) {
-                    Ok(info) => commit_acks.push((reply, info)),
+                    Ok(info) => acks.push(Ack::Commit(reply, info)),
                     Err(e) => {
                         let _ = reply.send(Err(e));
                     }
                 },
                 Request::RestorePoint(name, reply) => {
-                    let r = self.append_simple(&Record::RestorePoint { name, time_us: now_us() });
-                    match r {
-                        Ok(end) => lsn_acks.push((reply, end)),
+                    match self.append_simple(&Record::RestorePoint { name, time_us: now_us() }) {
+                        Ok(end) => acks.push(Ack::Lsn(reply, end)),
                         Err(e) => {
                             let _ = reply.send(Err(e));
                         }
@@ -578,34 +756,72 @@ impl Committer {
                 Request::Shutdown => stop = true,
             }
         }
-        if !commit_acks.is_empty() || !lsn_acks.is_empty() || self.writer.flushed_lsn() != self.writer.insert_lsn() {
-            match self.sync_and_publish() {
-                Ok(()) => {
-                    for (reply, info) in commit_acks {
-                        let _ = reply.send(Ok(info));
-                    }
-                    for (reply, lsn) in lsn_acks {
-                        let _ = reply.send(Ok(lsn));
-                    }
-                }
-                Err(e) => {
-                    let msg = e.to_string();
-                    for (reply, _) in commit_acks {
-                        let _ = reply.send(Err(Error::Poisoned(msg.clone())));
-                    }
-                    for (reply, _) in lsn_acks {
-                        let _ = reply.send(Err(Error::Poisoned(msg.clone())));
-                    }
-                }
-            }
-        }
+        self.hand_to_flusher(acks);
         if !stop {
             self.maybe_checkpoint(want_checkpoint);
         }
         stop
     }
 
-    fn check_poisoned(&self) -> Result<()> {
+    /// Writes what was appended to the page cache and queues it, with its acknowledgements,
+    /// for the flusher's next fdatasync. Does not wait.
+    fn hand_to_flusher(&mut self, acks: Vec<Ack>) {
+        if acks.is_empty() && self.writer.insert_lsn() == self.enqueued {
+            return;
+        }
+        if let Err(e) = self.check_poisoned().and_then(|()| self.writer.write_out()) {
+            self.poison(&e);
+            let why = e.to_string();
+            acks.into_iter().for_each(|a| a.fail(&why));
+            return;
+        }
+        let state = Published {
+            lsn: self.writer.insert_lsn(),
+            prev_lsn: self.writer.prev_lsn(),
+            txid: self.replayer.last_txid(),
+            commit_time_us: self.replayer.last_commit_time_us(),
+            digest: self.store.digest(),
+        };
+        self.enqueued = state.lsn;
+        self.shared.insert_lsn.store(state.lsn.0, Ordering::Release);
+        let mut q = self.flusher.queue.lock();
+        if let Some(why) = q.poisoned.clone() {
+            drop(q);
+            acks.into_iter().for_each(|a| a.fail(&why));
+            return;
+        }
+        q.file = Some(self.writer.file());
+        q.groups.push_back(Group { state, acks });
+        drop(q);
+        self.flusher.wake.notify_one();
+    }
+
+    /// Waits until everything handed to the flusher is durable and published.
+    fn wait_flushed(&mut self) -> Result<()> {
+        self.hand_to_flusher(Vec::new());
+        let mut q = self.flusher.queue.lock();
+        loop {
+            if let Some(why) = &q.poisoned {
+                return Err(Error::Poisoned(why.clone()));
+            }
+            if q.groups.is_empty() {
+                break;
+            }
+            self.flusher.done.wait(&mut q);
+        }
+        if let Some(lsn) = q.flushed {
+            self.writer.note_flushed(lsn);
+        }
+        Ok(())
+    }
+
+    fn check_poisoned(&mut self) -> Result<()> {
+        if self.poisoned.is_none() {
+            if let Some(why) = self.flusher.queue.lock().poisoned.clone() {
+                self.writer.poison(why.clone());
+                self.poisoned = Some(why);
+            }
+        }
         match &self.poisoned {
             Some(why) => Err(Error::Poisoned(why.clone())),
             None => Ok(()),
@@ -615,27 +831,6 @@ impl Committer {
     fn poison(&mut self, e: &Error) {
         tracing::error!(error = %e, "committer stopped accepting writes");
         self.poisoned = Some(e.to_string());
-    }
-
-    fn sync_and_publish(&mut self) -> Result<()> {
-        self.check_poisoned()?;
-        let flushed = match self.writer.sync() {
-            Ok(l) => l,
-            Err(e) => {
-                self.poison(&e);
-                return Err(e);
-            }
-        };
-        self.store.publish(flushed, self.replayer.last_commit_time_us());
-        *self.shared.published.lock() = Published {
-            lsn: flushed,
-            prev_lsn: self.writer.prev_lsn(),
-            txid: self.replayer.last_txid(),
-            commit_time_us: self.replayer.last_commit_time_us(),
-            digest: self.store.digest(),
-        };
-        self.shared.insert_lsn.store(self.writer.insert_lsn().0, Ordering::Release);
-        Ok(())
     }
 
     fn append_simple(&mut self, record: &Record) -> Result<Lsn> {
@@ -665,16 +860,21 @@ impl Committer {
                 }
                 DdlOp::Drop { id, name } => {
                     if catalog.get(name).map(|d| d.id) != Some(*id) {
-                        return Err(conflict(format!("table \"{name}\" was dropped or changed by a concurrent transaction")));
+                        return Err(conflict(format!(
+                            "table \"{name}\" was dropped or changed by a concurrent transaction"
+                        )));
                     }
                     catalog = catalog.without(name);
                 }
                 DdlOp::Truncate { old_id, new_id, name } => {
                     let Some(def) = catalog.get(name).filter(|d| d.id == *old_id).cloned() else {
-                        return Err(conflict(format!("table \"{name}\" was dropped or changed by a concurrent transaction")));
+                        return Err(conflict(format!(
+                            "table \"{name}\" was dropped or changed by a concurrent transaction"
+                        )));
                     };
                     fresh.push(*new_id);
-                    catalog = catalog.with(Arc::new(crate::schema::TableDef { id: *new_id, ..(*def).clone() }));
+                    catalog =
+                        catalog.with(Arc::new(crate::schema::TableDef { id: *new_id, ..(*def).clone() }));
                 }
             }
         }
@@ -736,7 +936,10 @@ impl Committer {
                 if tail_bytes + len > CHUNK_TARGET_BYTES {
                     // Move what has gathered into a chunk record.
                     if !current.changes.is_empty() {
-                        tail.push(std::mem::replace(&mut current, TableChanges { table: id, changes: Vec::new() }));
+                        tail.push(std::mem::replace(
+                            &mut current,
+                            TableChanges { table: id, changes: Vec::new() },
+                        ));
                     }
                     self.body.clear();
                     encode_changes(&tail, &mut self.body);
@@ -758,7 +961,8 @@ impl Committer {
         let _ = chunk_bytes;
         let txid = self.replayer.last_txid().next();
         let commit_time_us = now_us().max(self.replayer.last_commit_time_us());
-        let record = Record::Commit(CommitRecord { txid, commit_time_us, digest: 0, ddl: ws.ddl, changes: tail });
+        let record =
+            Record::Commit(CommitRecord { txid, commit_time_us, digest: 0, ddl: ws.ddl, changes: tail });
         self.body.clear();
         record.encode_body(&mut self.body);
         let Record::Commit(record) = record else { unreachable!("built as a commit") };
@@ -815,10 +1019,15 @@ impl Committer {
             }
             return;
         }
-        if self.writer.flushed_lsn() != self.writer.insert_lsn() && self.sync_and_publish().is_err() {
+        if let Err(e) = self.wait_flushed() {
+            for w in self.checkpoint_waiters.drain(..) {
+                let _ = w.send(Err(Error::Poisoned(e.to_string())));
+            }
             return;
         }
-        let p = *self.shared.published.lock();
+        // The published state and the visible Lsn change together under this lock.
+        let published = self.shared.published.lock();
+        let p = *published;
         if p.lsn == self.control.checkpoint_lsn {
             // Nothing new since the last snapshot.
             for w in self.checkpoint_waiters.drain(..) {
@@ -828,7 +1037,8 @@ impl Committer {
             return;
         }
         let view = self.store.read_view();
-        assert_eq!(view.lsn(), p.lsn, "published state and visible Lsn agree between batches");
+        drop(published);
+        assert_eq!(view.lsn(), p.lsn, "published state and visible Lsn agree");
         let meta = SnapshotMeta {
             system_id: self.control.system_id,
             timeline: self.control.timeline,
@@ -847,8 +1057,12 @@ impl Committer {
         let spawned = std::thread::Builder::new().name("hindsight-snapshot".into()).spawn(move || {
             let started = Instant::now();
             // A panic here must still reach the committer, or CHECKPOINT waiters would hang.
-            let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| write_snapshot(&snap_dir, &view, meta)))
-                .unwrap_or_else(|_| Err(Error::Mismatch("the snapshot writer panicked (a bug); see the log".into())));
+            let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                write_snapshot(&snap_dir, &view, meta)
+            }))
+            .unwrap_or_else(|_| {
+                Err(Error::Mismatch("the snapshot writer panicked (a bug); see the log".into()))
+            });
             if let Ok(w) = &result {
                 tracing::info!(
                     lsn = %w.meta.lsn, rows = w.rows, bytes = w.bytes,
@@ -862,7 +1076,8 @@ impl Committer {
             self.checkpoint_running = false;
             let e = Error::io("start the snapshot thread", e);
             for w in self.checkpoint_waiters.drain(..) {
-                let _ = w.send(Err(Error::Io { context: e.to_string(), source: std::io::Error::other("spawn") }));
+                let _ =
+                    w.send(Err(Error::Io { context: e.to_string(), source: std::io::Error::other("spawn") }));
             }
         }
     }
@@ -939,7 +1154,9 @@ impl Committer {
             if (no + 1) * seg <= keep.0 {
                 match std::fs::remove_file(&path) {
                     Ok(()) => removed = true,
-                    Err(e) => tracing::warn!(file = %path.display(), error = %e, "could not remove a WAL segment"),
+                    Err(e) => {
+                        tracing::warn!(file = %path.display(), error = %e, "could not remove a WAL segment")
+                    }
                 }
             }
         }

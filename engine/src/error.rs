@@ -16,6 +16,11 @@ pub enum ErrorCode {
     UndefinedTable,
     /// A column named in the statement does not exist.
     UndefinedColumn,
+    /// A function named in the statement does not exist (or not with those argument types).
+    UndefinedFunction,
+    /// A column in an aggregated query that is neither grouped nor inside an aggregate, or an
+    /// aggregate where none is allowed (WHERE, nested aggregates).
+    GroupingError,
     /// CREATE TABLE of a name that exists.
     DuplicateTable,
     /// An INSERT of a primary key that exists.
@@ -56,6 +61,8 @@ impl ErrorCode {
             ErrorCode::FeatureNotSupported => "feature_not_supported",
             ErrorCode::UndefinedTable => "undefined_table",
             ErrorCode::UndefinedColumn => "undefined_column",
+            ErrorCode::UndefinedFunction => "undefined_function",
+            ErrorCode::GroupingError => "grouping_error",
             ErrorCode::DuplicateTable => "duplicate_table",
             ErrorCode::UniqueViolation => "unique_violation",
             ErrorCode::NotNullViolation => "not_null_violation",
@@ -152,7 +159,9 @@ pub enum Error {
     },
     /// A previous fsync failed; the database refuses further writes until restarted (an fsync is
     /// never retried, because the kernel may have dropped the dirty pages).
-    #[error("the WAL is unusable after an earlier write or fsync failure ({0}); restart the server to recover")]
+    #[error(
+        "the WAL is unusable after an earlier write or fsync failure ({0}); restart the server to recover"
+    )]
     Poisoned(String),
     /// The data directory or an input belongs to another cluster or format.
     #[error("{0}")]

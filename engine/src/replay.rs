@@ -130,10 +130,16 @@ impl Replayer {
             Record::Commit(c) => {
                 let expected = self.last_txid.next();
                 if c.txid != expected {
-                    return Err(Self::corrupt(entry.lsn, format!("commit of TxId {} where {expected} was due", c.txid)));
+                    return Err(Self::corrupt(
+                        entry.lsn,
+                        format!("commit of TxId {} where {expected} was due", c.txid),
+                    ));
                 }
                 if c.commit_time_us < self.last_commit_time_us {
-                    return Err(Self::corrupt(entry.lsn, format!("commit time of TxId {} goes backwards", c.txid)));
+                    return Err(Self::corrupt(
+                        entry.lsn,
+                        format!("commit time of TxId {} goes backwards", c.txid),
+                    ));
                 }
                 let pending = std::mem::take(&mut self.pending);
                 self.pending_bytes = 0;
@@ -154,7 +160,10 @@ impl Replayer {
             Record::EndOfRecovery { new_timeline, .. } => Applied::EndOfRecovery { new_timeline },
         };
         if !self.pending.is_empty() {
-            return Err(Self::corrupt(entry.lsn, "a large transaction's chunks are not followed by its commit".into()));
+            return Err(Self::corrupt(
+                entry.lsn,
+                "a large transaction's chunks are not followed by its commit".into(),
+            ));
         }
         self.complete_end = entry.end_lsn;
         self.complete_prev = Some(entry.lsn);
@@ -178,13 +187,21 @@ impl Replayer {
                 }
                 DdlOp::Drop { id, name } => {
                     if catalog.get(name).map(|d| d.id) != Some(*id) {
-                        return Err(Self::corrupt(lsn, format!("DROP TABLE \"{name}\" (id {id}): no such table")));
+                        return Err(Self::corrupt(
+                            lsn,
+                            format!("DROP TABLE \"{name}\" (id {id}): no such table"),
+                        ));
                     }
                     self.store.drop_table(name, lsn);
                 }
                 DdlOp::Truncate { old_id, new_id, name } => {
-                    if catalog.get(name).map(|d| d.id) != Some(*old_id) || self.store.table_data(*new_id).is_some() {
-                        return Err(Self::corrupt(lsn, format!("TRUNCATE \"{name}\" (id {old_id}): no such table")));
+                    if catalog.get(name).map(|d| d.id) != Some(*old_id)
+                        || self.store.table_data(*new_id).is_some()
+                    {
+                        return Err(Self::corrupt(
+                            lsn,
+                            format!("TRUNCATE \"{name}\" (id {old_id}): no such table"),
+                        ));
                     }
                     self.store.truncate_table(name, *new_id, lsn);
                 }
@@ -193,7 +210,10 @@ impl Replayer {
         let horizon = self.store.horizon();
         for t in chunks.into_iter().chain(c.changes) {
             let Some(data) = self.store.table_data(t.table) else {
-                return Err(Self::corrupt(lsn, format!("change to table id {} that does not exist", t.table)));
+                return Err(Self::corrupt(
+                    lsn,
+                    format!("change to table id {} that does not exist", t.table),
+                ));
             };
             let def = Arc::clone(&data.def);
             for change in t.changes {
@@ -208,7 +228,10 @@ impl Replayer {
                         let (key, used) = Key::decode(def.key_type(), &change.bytes)
                             .map_err(|e| Self::corrupt(lsn, format!("key of table \"{}\": {e}", def.name)))?;
                         if used != change.bytes.len() {
-                            return Err(Self::corrupt(lsn, format!("key of table \"{}\" has trailing bytes", def.name)));
+                            return Err(Self::corrupt(
+                                lsn,
+                                format!("key of table \"{}\" has trailing bytes", def.name),
+                            ));
                         }
                         (key, None)
                     }
@@ -216,7 +239,10 @@ impl Replayer {
                 if let Err(newest) = self.store.write(&data, key.clone(), row, lsn, horizon) {
                     return Err(Self::corrupt(
                         lsn,
-                        format!("key {key} of table \"{}\" changed twice (newest version at {newest})", def.name),
+                        format!(
+                            "key {key} of table \"{}\" changed twice (newest version at {newest})",
+                            def.name
+                        ),
                     ));
                 }
             }

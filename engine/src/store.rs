@@ -13,7 +13,7 @@
 //! and trims versions that no reader can see any more, deferring their free until no pinned
 //! reader can still hold them.
 //!
-//! Data enters through [`Store::put`] / [`Store::delete`] and the DDL calls, all from the one
+//! Data enters through `Store::write` (puts and deletes) and the DDL calls, all from the one
 //! writer; it leaves through [`ReadView`]s, each registered at its Lsn so the writer's
 //! reclamation horizon never passes a reader.
 //!
@@ -530,7 +530,8 @@ impl Store {
         table.row_digest.fetch_add(h, Ordering::Relaxed);
         table.row_count.fetch_add(1, Ordering::Relaxed);
         self.digest.fetch_add(h, Ordering::Relaxed);
-        let chain = Arc::new(Chain { head: Atomic::new(Version { lsn, row: Some(row), next: Atomic::null() }) });
+        let chain =
+            Arc::new(Chain { head: Atomic::new(Version { lsn, row: Some(row), next: Atomic::null() }) });
         table.rows.insert(key.clone(), Arc::clone(&chain));
         table.shard(&key).write().insert(key, chain);
     }
@@ -628,7 +629,10 @@ impl ReadView {
     /// The decoded row of `key` in `table`, as of this view.
     pub fn get(&self, table: &TableDef, key: &Key) -> Option<Vec<Value>> {
         let raw = self.get_raw(table, key)?;
-        Some(crate::value::decode_row(&table.types, &raw).expect("rows in the store were checked when written"))
+        Some(
+            crate::value::decode_row(&table.types, &raw)
+                .expect("rows in the store were checked when written"),
+        )
     }
 
     /// Calls `f(key, encoded row)` for each row of `table` with a key in the range, in key
@@ -641,7 +645,9 @@ impl ReadView {
         mut f: impl FnMut(&Key, &[u8]) -> bool,
     ) {
         let Some(data) = self.store.table_data(table.id) else { return };
-        if let (Bound::Included(l) | Bound::Excluded(l), Bound::Included(u) | Bound::Excluded(u)) = (lower, upper) {
+        if let (Bound::Included(l) | Bound::Excluded(l), Bound::Included(u) | Bound::Excluded(u)) =
+            (lower, upper)
+        {
             if l > u {
                 return;
             }
@@ -691,7 +697,8 @@ mod tests {
 
     fn row(id: i64, balance: i64) -> Box<[u8]> {
         let mut b = Vec::new();
-        encode_row(&[DataType::BigInt, DataType::BigInt], &[Value::Int(id), Value::Int(balance)], &mut b).unwrap();
+        encode_row(&[DataType::BigInt, DataType::BigInt], &[Value::Int(id), Value::Int(balance)], &mut b)
+            .unwrap();
         b.into()
     }
 

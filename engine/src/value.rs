@@ -372,7 +372,9 @@ impl<'a> Reader<'a> {
         Ok(match ty {
             DataType::BigInt => Value::Int(self.ivarint()?),
             DataType::Timestamp => Value::Timestamp(self.ivarint()?),
-            DataType::Double => Value::Double(f64::from_le_bytes(self.bytes(8)?.try_into().expect("8 bytes"))),
+            DataType::Double => {
+                Value::Double(f64::from_le_bytes(self.bytes(8)?.try_into().expect("8 bytes")))
+            }
             DataType::Text => Value::Text(self.string(ROW_LEN_MAX)?.to_string()),
             DataType::Boolean => match self.u8()? {
                 0 => Value::Bool(false),
@@ -412,7 +414,9 @@ pub fn encode_row(types: &[DataType], values: &[Value], out: &mut Vec<u8>) -> Re
     for (i, (ty, v)) in types.iter().zip(values).enumerate() {
         match (ty, v) {
             (_, Value::Null) => out[start + i / 8] |= 1 << (i % 8),
-            (DataType::BigInt, Value::Int(x)) | (DataType::Timestamp, Value::Timestamp(x)) => put_ivarint(out, *x),
+            (DataType::BigInt, Value::Int(x)) | (DataType::Timestamp, Value::Timestamp(x)) => {
+                put_ivarint(out, *x)
+            }
             (DataType::Double, Value::Double(x)) => out.extend_from_slice(&x.to_le_bytes()),
             (DataType::Text, Value::Text(s)) => {
                 put_uvarint(out, s.len() as u64);
@@ -596,9 +600,15 @@ mod tests {
 
     #[test]
     fn rows_round_trip_and_key_extracts() {
-        let types = [DataType::Text, DataType::BigInt, DataType::Double, DataType::Boolean, DataType::Timestamp];
-        let values =
-            vec![Value::Text("héllo".into()), Value::Int(-42), Value::Null, Value::Bool(true), Value::Timestamp(7)];
+        let types =
+            [DataType::Text, DataType::BigInt, DataType::Double, DataType::Boolean, DataType::Timestamp];
+        let values = vec![
+            Value::Text("héllo".into()),
+            Value::Int(-42),
+            Value::Null,
+            Value::Bool(true),
+            Value::Timestamp(7),
+        ];
         let mut buf = Vec::new();
         encode_row(&types, &values, &mut buf).unwrap();
         assert_eq!(decode_row(&types, &buf).unwrap(), values);

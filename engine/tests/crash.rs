@@ -41,7 +41,12 @@ struct Generator {
 impl Generator {
     fn new(seed: u64, t: i64) -> Generator {
         let base = (t + 1) * RANGE;
-        Generator { rng: StdRng::seed_from_u64(seed ^ (t as u64 * 0x9E37_79B9)), base, model: BTreeMap::new(), done: 0 }
+        Generator {
+            rng: StdRng::seed_from_u64(seed ^ (t as u64 * 0x9E37_79B9)),
+            base,
+            model: BTreeMap::new(),
+            done: 0,
+        }
     }
 
     /// The next transaction's row operations (counter row included), applied to the model.
@@ -60,7 +65,11 @@ impl Generator {
             if id == self.base {
                 continue;
             }
-            let op = if self.model.contains_key(&id) && self.rng.gen_ratio(1, 4) { None } else { Some(self.rng.gen()) };
+            let op = if self.model.contains_key(&id) && self.rng.gen_ratio(1, 4) {
+                None
+            } else {
+                Some(self.rng.gen())
+            };
             ops.insert(id, op);
             if n > 100 {
                 // Large transactions: insert only, cheap to generate.
@@ -181,7 +190,11 @@ fn run_seed(seed: u64) {
         let db = Database::open(dir.path(), config())
             .unwrap_or_else(|e| panic!("seed {seed} round {round}: reopen failed: {e}"));
         let status = db.status();
-        assert!(status.last_txid.0 >= acked_txid, "seed {seed} round {round}: TxId {acked_txid} was acknowledged, recovered only {}", status.last_txid);
+        assert!(
+            status.last_txid.0 >= acked_txid,
+            "seed {seed} round {round}: TxId {acked_txid} was acknowledged, recovered only {}",
+            status.last_txid
+        );
         assert_eq!(status.digest, db.store().recompute_digest(), "seed {seed} round {round}: digest");
         let all = dump(&db);
         for t in 0..WRITERS {
@@ -193,7 +206,10 @@ fn run_seed(seed: u64) {
             );
             let mut gen = Generator::new(seed, t);
             gen.skip_to(done);
-            assert!(range_of(&all, t) == gen.model, "seed {seed} round {round}: writer {t}'s rows differ from its first {done} transactions");
+            assert!(
+                range_of(&all, t) == gen.model,
+                "seed {seed} round {round}: writer {t}'s rows differ from its first {done} transactions"
+            );
         }
         eprintln!(
             "seed {seed} round {round}: ran {run_for:?}, acked txid {acked_txid}, recovered txid {} ({} replayed)",
@@ -220,7 +236,8 @@ fn acknowledged_commits_survive_sigkill() {
     if std::env::var(CHILD_ENV).is_ok() {
         return;
     }
-    let base: u64 = std::env::var("HINDSIGHT_CRASH_SEED").ok().and_then(|s| s.parse().ok()).unwrap_or_else(rand::random);
+    let base: u64 =
+        std::env::var("HINDSIGHT_CRASH_SEED").ok().and_then(|s| s.parse().ok()).unwrap_or_else(rand::random);
     eprintln!("crash test base seed {base} (rerun with HINDSIGHT_CRASH_SEED={base})");
     for i in 0..SEEDS {
         let seed = base.wrapping_add(i);

@@ -31,7 +31,11 @@ fn random_ops(rng: &mut StdRng, model: &Model) -> Vec<(i64, Option<i64>)> {
     let mut ops = BTreeMap::new();
     for _ in 0..rng.gen_range(1..8) {
         let id = rng.gen_range(0..300);
-        let op = if model.contains_key(&id) && rng.gen_ratio(1, 3) { None } else { Some(rng.gen_range(-1000..1000)) };
+        let op = if model.contains_key(&id) && rng.gen_ratio(1, 3) {
+            None
+        } else {
+            Some(rng.gen_range(-1000..1000))
+        };
         ops.insert(id, op);
     }
     ops.into_iter().collect()
@@ -52,7 +56,9 @@ fn read_at(db: &Database, lsn: Lsn) -> Option<Model> {
     let mut out = Model::new();
     view.scan(&def, std::ops::Bound::Unbounded, std::ops::Bound::Unbounded, |_, raw| {
         let v = hindsight_engine::value::decode_row(&def.types, raw).unwrap();
-        if let (hindsight_engine::value::Value::Int(id), hindsight_engine::value::Value::Int(b)) = (&v[0], &v[1]) {
+        if let (hindsight_engine::value::Value::Int(id), hindsight_engine::value::Value::Int(b)) =
+            (&v[0], &v[1])
+        {
             out.insert(*id, *b);
         }
         true
@@ -108,7 +114,11 @@ fn run(seed: u64) {
                 // TRUNCATE, or DROP + CREATE, through DDL in a write set.
                 let snap = db.read_view().lsn();
                 let ddl = if rng.gen_bool(0.5) {
-                    vec![DdlOp::Truncate { old_id: def.id, new_id: db.allocate_table_id(), name: "accounts".into() }]
+                    vec![DdlOp::Truncate {
+                        old_id: def.id,
+                        new_id: db.allocate_table_id(),
+                        name: "accounts".into(),
+                    }]
                 } else {
                     let fresh = TableDef { id: db.allocate_table_id(), ..(*def).clone() };
                     vec![DdlOp::Drop { id: def.id, name: "accounts".into() }, DdlOp::Create(fresh)]
@@ -129,7 +139,13 @@ fn run(seed: u64) {
                 )
                 .unwrap();
                 let snap = db.read_view().lsn();
-                let info = db.commit(WriteSet { snapshot_lsn: snap, ddl: vec![DdlOp::Create(other)], ..Default::default() }).unwrap();
+                let info = db
+                    .commit(WriteSet {
+                        snapshot_lsn: snap,
+                        ddl: vec![DdlOp::Create(other)],
+                        ..Default::default()
+                    })
+                    .unwrap();
                 history.push((info.lsn, model.clone()));
             }
             95..=97 => {
@@ -160,7 +176,8 @@ fn run(seed: u64) {
 
 #[test]
 fn random_transactions_match_the_model() {
-    let base: u64 = std::env::var("HINDSIGHT_MODEL_SEED").ok().and_then(|s| s.parse().ok()).unwrap_or_else(rand::random);
+    let base: u64 =
+        std::env::var("HINDSIGHT_MODEL_SEED").ok().and_then(|s| s.parse().ok()).unwrap_or_else(rand::random);
     for i in 0..4 {
         let seed = base.wrapping_add(i);
         if let Err(e) = std::panic::catch_unwind(|| run(seed)) {

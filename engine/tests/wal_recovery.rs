@@ -24,8 +24,11 @@ fn build(dir: &Path, large_rows: i64) -> History {
     let mut model = BTreeMap::new();
     let mut states = vec![(db.status().visible_lsn, model.clone())];
     for i in 0..20i64 {
-        let ops: Vec<(i64, Option<i64>)> =
-            if i % 5 == 4 { vec![(i - 2, None), (i, Some(i))] } else { vec![(i, Some(i * 7)), (i + 100, Some(1))] };
+        let ops: Vec<(i64, Option<i64>)> = if i % 5 == 4 {
+            vec![(i - 2, None), (i, Some(i))]
+        } else {
+            vec![(i, Some(i * 7)), (i + 100, Some(1))]
+        };
         let info = db.commit(writes(&def, db.read_view().lsn(), &ops)).unwrap();
         for (id, bal) in ops {
             match bal {
@@ -119,11 +122,16 @@ fn cuts_inside_a_large_transaction_drop_it_whole() {
                 std::fs::remove_file(path).unwrap();
             }
         }
-        cut_at(&work.path().join("wal").join(hindsight_engine::wal::segment::segment_file_name(
-            hindsight_protocol::Timeline(1),
-            cut / seg,
-        )), seg, Lsn(cut));
-        let db = Database::open(work.path(), small_config()).unwrap_or_else(|e| panic!("cut at {}: {e}", Lsn(cut)));
+        cut_at(
+            &work.path().join("wal").join(hindsight_engine::wal::segment::segment_file_name(
+                hindsight_protocol::Timeline(1),
+                cut / seg,
+            )),
+            seg,
+            Lsn(cut),
+        );
+        let db = Database::open(work.path(), small_config())
+            .unwrap_or_else(|e| panic!("cut at {}: {e}", Lsn(cut)));
         assert_eq!(db.status().visible_lsn, before_large, "cut at {}", Lsn(cut));
         assert_eq!(dump(&db), history.states[n - 3].1, "cut at {}", Lsn(cut));
         cut += step;

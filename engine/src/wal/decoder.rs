@@ -84,7 +84,15 @@ impl Decoder {
     /// segment start). `prev_lsn` is the start of the record before `start`, if known; the
     /// first record's link is checked against it.
     pub fn new(start: Lsn, prev_lsn: Option<Lsn>, segment_size_bytes: u64, system_id: u64) -> Decoder {
-        Decoder { buf: Vec::new(), head: 0, pos: start, segment_size_bytes, system_id, prev_lsn, timeline: None }
+        Decoder {
+            buf: Vec::new(),
+            head: 0,
+            pos: start,
+            segment_size_bytes,
+            system_id,
+            prev_lsn,
+            timeline: None,
+        }
     }
 
     /// Appends the next bytes of the stream.
@@ -127,6 +135,9 @@ impl Decoder {
     }
 
     /// The next record, `Ok(None)` when more bytes are needed.
+    // Not `Iterator::next`: a decoder is fed more bytes between calls, so `Ok(None)` means
+    // "not yet", never "finished".
+    #[allow(clippy::should_implement_trait)]
     pub fn next(&mut self) -> Result<Option<WalEntry>, DecodeError> {
         loop {
             let offset = self.pos.0 % self.segment_size_bytes;
@@ -165,10 +176,12 @@ impl Decoder {
                 return err(DecodeErrorKind::Unwritten, "no record here (zero length)".into());
             }
             let len = len as usize;
-            if len < RECORD_HEADER_LEN || len > RECORD_LEN_MAX || len > remaining_in_segment {
+            if !(RECORD_HEADER_LEN..=RECORD_LEN_MAX).contains(&len) || len > remaining_in_segment {
                 return err(
                     DecodeErrorKind::BadLength,
-                    format!("record length {len} is impossible ({remaining_in_segment} bytes left in segment)"),
+                    format!(
+                        "record length {len} is impossible ({remaining_in_segment} bytes left in segment)"
+                    ),
                 );
             }
             if avail.len() < len {
@@ -215,7 +228,10 @@ impl Decoder {
             ));
         }
         if h.segment_size_bytes != self.segment_size_bytes {
-            return bad(format!("segment size {} (expected {})", h.segment_size_bytes, self.segment_size_bytes));
+            return bad(format!(
+                "segment size {} (expected {})",
+                h.segment_size_bytes, self.segment_size_bytes
+            ));
         }
         let expected_no = lsn.0 / self.segment_size_bytes;
         if h.segment_no != expected_no {

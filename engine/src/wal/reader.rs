@@ -41,7 +41,8 @@ pub struct WalEnd {
 
 /// Lists the segment files in `dir` as (timeline, segment number, path), sorted.
 pub fn list_segments(dir: &Path) -> Result<Vec<(Timeline, u64, PathBuf)>> {
-    let rd = std::fs::read_dir(dir).map_err(|e| Error::io(format!("list WAL directory {}", dir.display()), e))?;
+    let rd =
+        std::fs::read_dir(dir).map_err(|e| Error::io(format!("list WAL directory {}", dir.display()), e))?;
     let mut out = Vec::new();
     for entry in rd {
         let entry = entry.map_err(|e| Error::io(format!("list WAL directory {}", dir.display()), e))?;
@@ -54,19 +55,30 @@ pub fn list_segments(dir: &Path) -> Result<Vec<(Timeline, u64, PathBuf)>> {
     Ok(out)
 }
 
-/// Reads every record from `start` to the end of the WAL in `dir`, calling `f` on each, and
-/// says where the WAL ends. For each segment number, the file of the highest timeline not
-/// above `timeline` is read.
+/// A WAL directory and what its segments must say about themselves.
+#[derive(Clone, Copy, Debug)]
+pub struct WalDir<'a> {
+    /// The directory holding the segments.
+    pub path: &'a Path,
+    /// The cluster every segment must belong to.
+    pub system_id: u64,
+    /// Read segments of this timeline and its ancestors (the highest timeline per segment).
+    pub timeline: Timeline,
+    /// The segment size.
+    pub segment_size_bytes: u64,
+}
+
+/// Reads every record from `start` to the end of the WAL in `wal.path`, calling `f` on each,
+/// and says where the WAL ends. `prev_lsn` is the start of the record before `start`, if known.
+/// For each segment number, the file of the highest timeline not above `wal.timeline` is read.
 pub fn scan_wal(
-    dir: &Path,
-    system_id: u64,
-    timeline: Timeline,
-    segment_size_bytes: u64,
+    wal: WalDir<'_>,
     start: Lsn,
     prev_lsn: Option<Lsn>,
     policy: TailPolicy,
     mut f: impl FnMut(WalEntry) -> Result<()>,
 ) -> Result<WalEnd> {
+    let WalDir { path: dir, system_id, timeline, segment_size_bytes } = wal;
     let mut segments: BTreeMap<u64, PathBuf> = BTreeMap::new();
     for (tl, no, path) in list_segments(dir)? {
         if tl <= timeline {
@@ -118,7 +130,9 @@ pub fn scan_wal(
                             && policy == TailPolicy::TruncateTornTail
                             && matches!(
                                 e.kind,
-                                DecodeErrorKind::BadChecksum | DecodeErrorKind::BadLength | DecodeErrorKind::BadBody
+                                DecodeErrorKind::BadChecksum
+                                    | DecodeErrorKind::BadLength
+                                    | DecodeErrorKind::BadBody
                             )
                             && !chain_continues_after(path, segment_size_bytes, e.lsn)?;
                         if torn {
@@ -172,7 +186,8 @@ fn read_full(file: &mut std::fs::File, buf: &mut [u8]) -> std::io::Result<usize>
 /// field) leaves intact records after it, and that is corruption, never a tail to cut. Runs only
 /// on the error path, so it may read the whole segment.
 fn chain_continues_after(path: &Path, segment_size_bytes: u64, bad: Lsn) -> Result<bool> {
-    let data = std::fs::read(path).map_err(|e| Error::io(format!("read WAL segment {}", path.display()), e))?;
+    let data =
+        std::fs::read(path).map_err(|e| Error::io(format!("read WAL segment {}", path.display()), e))?;
     let start = (bad.0 % segment_size_bytes) as usize + 1;
     let mut off = start;
     while off + RECORD_HEADER_LEN <= data.len() {

@@ -221,10 +221,13 @@ impl Record {
                 Record::Commit(CommitRecord { txid, commit_time_us, digest, ddl, changes })
             }
             RecordKind::Chunk => Record::Chunk(decode_changes(&mut r)?),
-            RecordKind::Checkpoint => Record::Checkpoint { snapshot_lsn: Lsn(r.u64()?), time_us: r.ivarint()? },
-            RecordKind::RestorePoint => {
-                Record::RestorePoint { name: r.string(RESTORE_POINT_NAME_MAX)?.to_string(), time_us: r.ivarint()? }
+            RecordKind::Checkpoint => {
+                Record::Checkpoint { snapshot_lsn: Lsn(r.u64()?), time_us: r.ivarint()? }
             }
+            RecordKind::RestorePoint => Record::RestorePoint {
+                name: r.string(RESTORE_POINT_NAME_MAX)?.to_string(),
+                time_us: r.ivarint()?,
+            },
             RecordKind::EndOfRecovery => Record::EndOfRecovery {
                 new_timeline: Timeline(r.u32()?),
                 prev_timeline: Timeline(r.u32()?),

@@ -135,7 +135,8 @@ mod tests {
 
     #[test]
     fn header_round_trips_and_detects_damage() {
-        let h = SegmentHeader { system_id: 7, timeline: Timeline(3), segment_size_bytes: 1 << 24, segment_no: 9 };
+        let h =
+            SegmentHeader { system_id: 7, timeline: Timeline(3), segment_size_bytes: 1 << 24, segment_no: 9 };
         let mut b = h.encode();
         assert_eq!(SegmentHeader::decode(&b), Ok(h));
         b[10] ^= 1;

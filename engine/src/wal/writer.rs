@@ -15,6 +15,7 @@ use std::fs::{File, OpenOptions};
 use std::io::Write;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 /// Appended bytes buffered in memory before they are written to the file (without fsync).
 pub const WRITE_BUFFER_BYTES: usize = 1024 * 1024;
@@ -40,7 +41,8 @@ pub fn create_segment(
     let path = dir.join(&name);
     let tmp = dir.join(format!("{name}.tmp"));
     let io = |e| Error::io(format!("create WAL segment {}", path.display()), e);
-    let mut file = OpenOptions::new().read(true).write(true).create(true).truncate(true).open(&tmp).map_err(io)?;
+    let mut file =
+        OpenOptions::new().read(true).write(true).create(true).truncate(true).open(&tmp).map_err(io)?;
     let header = SegmentHeader { system_id, timeline, segment_size_bytes, segment_no }.encode();
     file.write_all(&header).map_err(io)?;
     let zeros = vec![0u8; 1024 * 1024];
@@ -68,7 +70,7 @@ pub struct WalWriter {
     timeline: Timeline,
     segment_size_bytes: u64,
     fsync: bool,
-    file: File,
+    file: Arc<File>,
     segment_no: u64,
     buf: Vec<u8>,
     buf_lsn: Lsn,
@@ -93,7 +95,7 @@ impl WalWriter {
         fsync: bool,
     ) -> Result<WalWriter> {
         let mut end = end;
-        if end.0 % segment_size_bytes == 0 {
+        if end.0.is_multiple_of(segment_size_bytes) {
             end = end.add(SEGMENT_HEADER_LEN as u64);
         }
         let segment_no = segment_of(end, segment_size_bytes);
@@ -105,7 +107,11 @@ impl WalWriter {
                 .open(&path)
                 .map_err(|e| Error::io(format!("open WAL segment {}", path.display()), e))?
         } else {
-            assert_eq!(end, first_record_lsn(segment_no, segment_size_bytes), "WAL end inside a missing segment");
+            assert_eq!(
+                end,
+                first_record_lsn(segment_no, segment_size_bytes),
+                "WAL end inside a missing segment"
+            );
             create_segment(dir, system_id, timeline, segment_size_bytes, segment_no)?
         };
         Ok(WalWriter {
@@ -114,7 +120,7 @@ impl WalWriter {
             timeline,
             segment_size_bytes,
             fsync,
-            file,
+            file: Arc::new(file),
             segment_no,
             buf: Vec::with_capacity(WRITE_BUFFER_BYTES + RECORD_LEN_MAX),
             buf_lsn: end,
@@ -196,7 +202,32 @@ impl WalWriter {
         Ok((start, self.insert_lsn))
     }
 
-    fn write_out(&mut self) -> Result<()> {
+    /// The current segment file, for a flusher that fdatasyncs it on another thread.
+    pub fn file(&self) -> Arc<File> {
+        Arc::clone(&self.file)
+    }
+
+    /// Whether appends are fsynced at all.
+    pub fn fsync_enabled(&self) -> bool {
+        self.fsync
+    }
+
+    /// Records that another thread made everything up to `lsn` durable.
+    pub fn note_flushed(&mut self, lsn: Lsn) {
+        if lsn > self.flushed_lsn {
+            self.flushed_lsn = lsn;
+        }
+    }
+
+    /// Latches a failure seen by another thread (a flusher's fsync).
+    pub fn poison(&mut self, why: String) {
+        self.failed.get_or_insert(why);
+    }
+
+    /// Writes buffered records to the file without fsync: they are in the page cache, ready
+    /// for an fdatasync by whoever makes them durable.
+    pub fn write_out(&mut self) -> Result<()> {
+        self.check()?;
         if self.buf.is_empty() {
             return Ok(());
         }
@@ -223,8 +254,13 @@ impl WalWriter {
         // recovery never finds a new segment after an unterminated one.
         self.flushed_lsn = self.insert_lsn;
         self.segment_no += 1;
-        let created =
-            create_segment(&self.dir, self.system_id, self.timeline, self.segment_size_bytes, self.segment_no);
+        let created = create_segment(
+            &self.dir,
+            self.system_id,
+            self.timeline,
+            self.segment_size_bytes,
+            self.segment_no,
+        );
         let file = match created {
             Ok(f) => f,
             Err(e) => {
@@ -232,7 +268,7 @@ impl WalWriter {
                 return Err(e);
             }
         };
-        self.file = file;
+        self.file = Arc::new(file);
         self.insert_lsn = first_record_lsn(self.segment_no, self.segment_size_bytes);
         self.buf_lsn = self.insert_lsn;
         self.flushed_lsn = self.insert_lsn;
@@ -274,7 +310,8 @@ pub fn truncate_wal(dir: &Path, timeline: Timeline, segment_size_bytes: u64, at:
     file.sync_all().map_err(io)?;
     for (tl, no, p) in super::reader::list_segments(dir)? {
         if no > segment_no && tl == timeline {
-            std::fs::remove_file(&p).map_err(|e| Error::io(format!("remove WAL segment {}", p.display()), e))?;
+            std::fs::remove_file(&p)
+                .map_err(|e| Error::io(format!("remove WAL segment {}", p.display()), e))?;
         }
     }
     sync_dir(dir)

@@ -30,7 +30,11 @@ pub fn create_accounts(db: &Database) -> Arc<TableDef> {
         0,
     )
     .unwrap();
-    let ws = WriteSet { snapshot_lsn: db.read_view().lsn(), ddl: vec![DdlOp::Create(def.clone())], ..Default::default() };
+    let ws = WriteSet {
+        snapshot_lsn: db.read_view().lsn(),
+        ddl: vec![DdlOp::Create(def.clone())],
+        ..Default::default()
+    };
     db.commit(ws).unwrap();
     Arc::clone(db.read_view().table("accounts").unwrap())
 }
@@ -42,7 +46,11 @@ pub fn row(id: i64, balance: i64, note: &str) -> Box<[u8]> {
 }
 
 /// A write set putting (id, balance) rows and deleting ids (balance None).
-pub fn writes(def: &Arc<TableDef>, snapshot: hindsight_protocol::Lsn, rows: &[(i64, Option<i64>)]) -> WriteSet {
+pub fn writes(
+    def: &Arc<TableDef>,
+    snapshot: hindsight_protocol::Lsn,
+    rows: &[(i64, Option<i64>)],
+) -> WriteSet {
     let mut map = BTreeMap::new();
     for &(id, bal) in rows {
         map.insert(Key::Int(id), bal.map(|b| row(id, b, &format!("note-{id}"))));

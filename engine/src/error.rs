@@ -76,7 +76,7 @@ impl ErrorCode {
             ErrorCode::ProgramLimitExceeded => "program_limit_exceeded",
             ErrorCode::CorruptWal => "corrupt_wal",
             ErrorCode::IoError => "io_error",
-            ErrorCode::Shutdown => "shutdown",
+            ErrorCode::Shutdown => "shutting_down",
             ErrorCode::InternalError => "internal_error",
         }
     }

@@ -20,7 +20,7 @@ pub const NOT_NULL_VIOLATION: &str = "not_null_violation";
 /// A value of the wrong type for a column or an operator.
 pub const DATATYPE_MISMATCH: &str = "datatype_mismatch";
 /// Division by zero, or an arithmetic overflow.
-pub const NUMERIC_ERROR: &str = "numeric_error";
+pub const NUMERIC_VALUE_OUT_OF_RANGE: &str = "numeric_value_out_of_range";
 /// SQL that parses but that hindsight does not implement.
 pub const FEATURE_NOT_SUPPORTED: &str = "feature_not_supported";
 /// A statement other than ROLLBACK inside a failed transaction block.
@@ -53,6 +53,17 @@ pub const IO_ERROR: &str = "io_error";
 /// A bug: something the server believed impossible happened.
 pub const INTERNAL_ERROR: &str = "internal_error";
 
+/// A function that does not exist.
+pub const UNDEFINED_FUNCTION: &str = "undefined_function";
+/// An aggregate or GROUP BY used where it cannot be.
+pub const GROUPING_ERROR: &str = "grouping_error";
+/// A value that cannot be converted (a bad timestamp literal, say).
+pub const INVALID_PARAMETER_VALUE: &str = "invalid_parameter_value";
+/// A statement that needs a transaction outside one, or the reverse.
+pub const INVALID_TRANSACTION_STATE: &str = "invalid_transaction_state";
+/// A row, statement or transaction past a named limit.
+pub const PROGRAM_LIMIT_EXCEEDED: &str = "program_limit_exceeded";
+
 /// Every code above, for documentation checks and tests.
 pub const ALL: &[&str] = &[
     SYNTAX_ERROR,
@@ -62,7 +73,12 @@ pub const ALL: &[&str] = &[
     UNIQUE_VIOLATION,
     NOT_NULL_VIOLATION,
     DATATYPE_MISMATCH,
-    NUMERIC_ERROR,
+    NUMERIC_VALUE_OUT_OF_RANGE,
+    UNDEFINED_FUNCTION,
+    GROUPING_ERROR,
+    INVALID_PARAMETER_VALUE,
+    INVALID_TRANSACTION_STATE,
+    PROGRAM_LIMIT_EXCEEDED,
     FEATURE_NOT_SUPPORTED,
     IN_FAILED_TRANSACTION,
     SERIALIZATION_FAILURE,

@@ -393,16 +393,23 @@ pub(crate) fn execute(
     db: &Database,
     settings: &mut Settings,
     stmt: &AdminStatement,
+    session_read_only: bool,
 ) -> Result<StatementResult, SqlError> {
     let read_only = |what: &str| -> Result<(), SqlError> {
         if db.is_read_only() {
             Err(super::session::read_only_error(what))
+        } else if session_read_only {
+            Err(super::session::role_read_only_error(what))
         } else {
             Ok(())
         }
     };
     Ok(match stmt {
         AdminStatement::Checkpoint => {
+            // A replica may checkpoint (a restart point); a read-only role may not.
+            if session_read_only {
+                return Err(super::session::role_read_only_error("CHECKPOINT"));
+            }
             db.checkpoint().map_err(|e| e.to_sql_error())?;
             StatementResult::tag("CHECKPOINT")
         }

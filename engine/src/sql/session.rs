@@ -29,6 +29,12 @@ use std::ops::Bound;
 use std::sync::Arc;
 
 /// The error for a write on a read-only server.
+/// The error for a write in a session of a read-only role.
+pub(crate) fn role_read_only_error(what: &str) -> SqlError {
+    SqlError::new(ErrorCode::ReadOnly, format!("cannot execute {what}: this session's role may only read"))
+        .with_hint("connect with a role that may write (admin)")
+}
+
 pub(crate) fn read_only_error(what: &str) -> SqlError {
     SqlError::new(ErrorCode::ReadOnly, format!("cannot execute {what} on a read-only replica"))
         .with_hint("connect to the primary, or run PROMOTE on this replica to make it writable")
@@ -134,6 +140,8 @@ pub struct Session {
     block: Option<Block>,
     settings: Settings,
     stats: SessionStats,
+    /// Set for sessions of read-only roles: every write is refused, whatever the database.
+    read_only: bool,
 }
 
 // A server moves sessions between threads.
@@ -145,7 +153,19 @@ const _: fn() = || {
 impl Session {
     /// A session in autocommit mode with default settings.
     pub fn new(db: Arc<Database>) -> Session {
-        Session { db, block: None, settings: Settings::default(), stats: SessionStats::default() }
+        Session {
+            db,
+            block: None,
+            settings: Settings::default(),
+            stats: SessionStats::default(),
+            read_only: false,
+        }
+    }
+
+    /// Makes this session refuse every write and administrative change with `read_only`
+    /// (the server does this for sessions of the `readonly` and `replication` roles).
+    pub fn set_read_only(&mut self, read_only: bool) {
+        self.read_only = read_only;
     }
 
     /// Runs every statement in `sql` in order; stops at the first error, which is then the last
@@ -302,6 +322,9 @@ impl Session {
             if db.is_read_only() {
                 return Err(read_only_error(what));
             }
+            if self.read_only {
+                return Err(role_read_only_error(what));
+            }
             if self.block.as_ref().is_some_and(|b| b.read_only) {
                 return Err(SqlError::new(
                     ErrorCode::ReadOnly,
@@ -333,7 +356,7 @@ impl Session {
 
     fn dispatch(&mut self, parsed: Parsed<'_>) -> Result<StatementResult, SqlError> {
         let stmt = match parsed {
-            Parsed::Admin(a) => return admin::execute(&self.db, &mut self.settings, &a),
+            Parsed::Admin(a) => return admin::execute(&self.db, &mut self.settings, &a, self.read_only),
             Parsed::Bulk(b) => {
                 let (n, info) = self.in_txn(Some("INSERT"), |txn, _, _| bulk::execute(txn, &b))?;
                 return Ok(command(format!("INSERT 0 {n}"), n, info));

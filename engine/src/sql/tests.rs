@@ -922,3 +922,28 @@ fn million_row_insert_cost() {
     eprintln!("{n} rows ({} MB of SQL) in {:?}", sql.len() >> 20, started.elapsed());
     assert_eq!(ints(&mut s, "SELECT count(*) FROM big"), vec![n]);
 }
+
+#[test]
+fn a_read_only_session_reads_but_refuses_every_write() {
+    let (_dir, db) = open();
+    let mut writer = Session::new(Arc::clone(&db));
+    accounts(&mut writer, 3);
+    let mut reader = Session::new(Arc::clone(&db));
+    reader.set_read_only(true);
+    assert_eq!(ints(&mut reader, "SELECT id FROM accounts ORDER BY id"), vec![1, 2, 3]);
+    for sql in [
+        "INSERT INTO accounts VALUES (9, 1, 'x')",
+        "UPDATE accounts SET balance = 0",
+        "DELETE FROM accounts",
+        "CREATE TABLE t (id BIGINT PRIMARY KEY)",
+        "DROP TABLE accounts",
+        "TRUNCATE accounts",
+        "CHECKPOINT",
+        "CREATE RESTORE POINT 'r'",
+    ] {
+        let e = err(&mut reader, sql);
+        assert_eq!(e.code, ErrorCode::ReadOnly, "{sql}: {e}");
+        assert!(e.hint.is_some(), "{sql}: a hint says what to do");
+    }
+    assert_eq!(ints(&mut writer, "SELECT count(*) FROM accounts"), vec![3]);
+}

@@ -27,7 +27,7 @@
 use crate::error::{Error, Result};
 use crate::schema::{put_str, TableDef, TableId};
 use crate::store::{ReadView, Store};
-use crate::value::{put_uvarint, row_key, Reader, ROW_LEN_MAX};
+use crate::value::{put_uvarint, row_key, Key, Reader, ROW_LEN_MAX};
 use crate::wal::writer::sync_dir;
 use hindsight_protocol::{Lsn, Timeline, TxId};
 use std::fs::{File, OpenOptions};
@@ -42,6 +42,12 @@ pub const SNAPSHOT_BLOCK_LEN_MAX: usize = 4 * SNAPSHOT_BLOCK_BYTES;
 const _: () = assert!(ROW_LEN_MAX + 16 < SNAPSHOT_BLOCK_LEN_MAX - SNAPSHOT_BLOCK_BYTES);
 
 const SNAPSHOT_MAGIC: &[u8; 8] = b"HSSNAP01";
+/// Rows handed from the parsing thread to the inserting thread at a time, while loading.
+const LOAD_BATCH_ROWS: usize = 4096;
+/// Batches in flight between them.
+const LOAD_QUEUE_BATCHES: usize = 16;
+
+type RowBatch = (Arc<crate::store::TableData>, Vec<(Key, Box<[u8]>)>);
 const SNAPSHOT_HEADER_LEN: usize = 56;
 const CONTROL_MAGIC: u32 = 0x5443_5348; // "HSCT"
 /// The control-file format this build reads and writes.
@@ -227,60 +233,96 @@ pub fn load_snapshot(path: &Path, store: &Store, expected_system_id: u64) -> Res
     let mut tables: Vec<Arc<crate::store::TableData>> = Vec::new();
     let mut rows_seen = 0u64;
     let mut ended = false;
-    while !r.is_empty() {
-        if ended {
-            return Err(corrupt("bytes after the snapshot's end block".into(), lsn));
-        }
-        let fail = |e: crate::value::CodecError| corrupt(format!("snapshot block: {e}"), lsn);
-        let len = r.u32().map_err(fail)? as usize;
-        if len > SNAPSHOT_BLOCK_LEN_MAX {
-            return Err(corrupt(format!("snapshot block of {len} bytes is past the limit"), lsn));
-        }
-        let crc = r.u32().map_err(fail)?;
-        let payload = r.bytes(len).map_err(fail)?;
-        if crc32c::crc32c(payload) != crc {
-            return Err(corrupt(format!("snapshot block checksum mismatch at byte {}", r.pos - len), lsn));
-        }
-        let mut p = Reader::new(payload);
-        while !p.is_empty() {
-            match p.u8().map_err(fail)? {
-                1 => {
-                    let def = TableDef::decode(&mut p).map_err(fail)?;
-                    let expected_rows = p.uvarint().map_err(fail)?;
-                    store.create_table(Arc::new(def.clone()), lsn);
-                    let t = store.table_data(def.id).expect("table just created");
-                    t.reserve(expected_rows.min(1 << 32) as usize);
-                    tables.push(t);
+    // This thread checks and parses; a second one inserts into the store, so the two halves of
+    // loading a large snapshot overlap.
+    let (tx, rx) = crossbeam_channel::bounded::<RowBatch>(LOAD_QUEUE_BATCHES);
+    std::thread::scope(|scope| -> Result<()> {
+        let inserter = scope.spawn(move || {
+            for (table, rows) in rx {
+                for (key, row) in rows {
+                    store.load_row(&table, key, row, lsn);
                 }
-                2 => {
-                    let id = TableId(p.uvarint().map_err(fail)? as u32);
-                    let Some(t) = tables.iter().find(|t| t.def.id == id) else {
-                        return Err(corrupt(format!("rows for unknown table id {id}"), lsn));
-                    };
-                    let n = p.uvarint().map_err(fail)?;
-                    for _ in 0..n {
-                        let len = p.len(ROW_LEN_MAX).map_err(fail)?;
-                        let row = p.bytes(len).map_err(fail)?;
-                        let key = row_key(&t.def.types, t.def.pk, row).map_err(fail)?;
-                        crate::value::validate_row(&t.def.types, row).map_err(fail)?;
-                        store.load_row(t, key, row.into(), lsn);
-                        rows_seen += 1;
-                    }
-                }
-                3 => {
-                    let total = p.u64().map_err(fail)?;
-                    if total != rows_seen {
-                        return Err(corrupt(format!("snapshot says {total} rows, holds {rows_seen}"), lsn));
-                    }
-                    ended = true;
-                }
-                t => return Err(corrupt(format!("unknown snapshot entry {t}"), lsn)),
             }
-        }
-    }
-    if !ended {
-        return Err(corrupt("snapshot is truncated (no end block)".into(), lsn));
-    }
+        });
+        let mut batch: Vec<(Key, Box<[u8]>)> = Vec::with_capacity(LOAD_BATCH_ROWS);
+        let parsed = (|| -> Result<()> {
+            while !r.is_empty() {
+                if ended {
+                    return Err(corrupt("bytes after the snapshot's end block".into(), lsn));
+                }
+                let fail = |e: crate::value::CodecError| corrupt(format!("snapshot block: {e}"), lsn);
+                let len = r.u32().map_err(fail)? as usize;
+                if len > SNAPSHOT_BLOCK_LEN_MAX {
+                    return Err(corrupt(format!("snapshot block of {len} bytes is past the limit"), lsn));
+                }
+                let crc = r.u32().map_err(fail)?;
+                let payload = r.bytes(len).map_err(fail)?;
+                if crc32c::crc32c(payload) != crc {
+                    return Err(corrupt(
+                        format!("snapshot block checksum mismatch at byte {}", r.pos - len),
+                        lsn,
+                    ));
+                }
+                let mut p = Reader::new(payload);
+                while !p.is_empty() {
+                    match p.u8().map_err(fail)? {
+                        1 => {
+                            let def = TableDef::decode(&mut p).map_err(fail)?;
+                            let expected_rows = p.uvarint().map_err(fail)?;
+                            store.create_table(Arc::new(def.clone()), lsn);
+                            let t = store.table_data(def.id).expect("table just created");
+                            t.reserve(expected_rows.min(1 << 32) as usize);
+                            tables.push(t);
+                        }
+                        2 => {
+                            let id = TableId(p.uvarint().map_err(fail)? as u32);
+                            let Some(t) = tables.iter().find(|t| t.def.id == id) else {
+                                return Err(corrupt(format!("rows for unknown table id {id}"), lsn));
+                            };
+                            let n = p.uvarint().map_err(fail)?;
+                            for _ in 0..n {
+                                let len = p.len(ROW_LEN_MAX).map_err(fail)?;
+                                let row = p.bytes(len).map_err(fail)?;
+                                let key = row_key(&t.def.types, t.def.pk, row).map_err(fail)?;
+                                crate::value::validate_row(&t.def.types, row).map_err(fail)?;
+                                batch.push((key, row.into()));
+                                rows_seen += 1;
+                                if batch.len() == LOAD_BATCH_ROWS {
+                                    let full =
+                                        std::mem::replace(&mut batch, Vec::with_capacity(LOAD_BATCH_ROWS));
+                                    tx.send((Arc::clone(t), full))
+                                        .expect("the inserter runs until the channel closes");
+                                }
+                            }
+                            if !batch.is_empty() {
+                                tx.send((Arc::clone(t), std::mem::take(&mut batch)))
+                                    .expect("the inserter runs until the channel closes");
+                            }
+                        }
+                        3 => {
+                            let total = p.u64().map_err(fail)?;
+                            if total != rows_seen {
+                                return Err(corrupt(
+                                    format!("snapshot says {total} rows, holds {rows_seen}"),
+                                    lsn,
+                                ));
+                            }
+                            ended = true;
+                        }
+                        t => return Err(corrupt(format!("unknown snapshot entry {t}"), lsn)),
+                    }
+                }
+            }
+            if !ended {
+                return Err(corrupt("snapshot is truncated (no end block)".into(), lsn));
+            }
+            Ok(())
+        })();
+        drop(tx);
+        inserter.join().expect("the snapshot inserter does not panic");
+        parsed
+    })?;
+
     if store.digest() != meta.digest {
         return Err(corrupt(
             format!(

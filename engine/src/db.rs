@@ -363,36 +363,15 @@ impl Database {
         }
         report.snapshot_elapsed = started.elapsed();
         let replay_started = Instant::now();
-        let mut replayer = Replayer::new(Arc::clone(&store), last_txid, last_time, control.checkpoint_lsn);
+        let replayer = Replayer::new(Arc::clone(&store), last_txid, last_time, control.checkpoint_lsn);
         let start = control.checkpoint_lsn;
-        let mut replayed = 0u64;
-        let end = scan_wal(
-            WalDir {
-                path: &wal_dir,
-                system_id: control.system_id,
-                timeline: control.timeline,
-                segment_size_bytes: seg,
-            },
-            start,
-            Some(control.checkpoint_prev_lsn),
-            TailPolicy::TruncateTornTail,
-            |entry| {
-                let lsn = entry.lsn;
-                let is_commit = matches!(entry.record, Record::Commit(_));
-                replayer.apply(entry).map_err(|e| match e {
-                    Error::Corrupt { detail, .. } => Error::Corrupt {
-                        lsn,
-                        file: wal_dir.join(segment_file_name(control.timeline, segment_of(lsn, seg))),
-                        detail,
-                    },
-                    other => other,
-                })?;
-                if is_commit {
-                    replayed += 1;
-                }
-                Ok(())
-            },
-        )?;
+        let wal = WalDir {
+            path: &wal_dir,
+            system_id: control.system_id,
+            timeline: control.timeline,
+            segment_size_bytes: seg,
+        };
+        let (end, replayer, replayed) = replay_wal(wal, start, Some(control.checkpoint_prev_lsn), replayer)?;
         report.replay_elapsed = replay_started.elapsed();
         let (complete_end, complete_prev) = replayer.complete_end();
         let prev = complete_prev.unwrap_or(control.checkpoint_prev_lsn);
@@ -608,6 +587,67 @@ impl Drop for Database {
     fn drop(&mut self) {
         self.shutdown();
     }
+}
+
+/// Decoded records handed from the WAL reader to the replaying thread at a time.
+const REPLAY_BATCH_RECORDS: usize = 1024;
+/// Batches in flight between them.
+const REPLAY_QUEUE_BATCHES: usize = 16;
+
+/// Crash recovery's WAL pass: one thread reads and decodes segments while another applies the
+/// records, so decoding (CRC, parsing) overlaps applying (index probes, digest). Returns where
+/// the WAL ends, the replayer, and the number of commits replayed.
+fn replay_wal(
+    wal: WalDir<'_>,
+    start: Lsn,
+    prev_lsn: Option<Lsn>,
+    mut replayer: Replayer,
+) -> Result<(crate::wal::reader::WalEnd, Replayer, u64)> {
+    let (tx, rx) = bounded::<Vec<crate::wal::WalEntry>>(REPLAY_QUEUE_BATCHES);
+    std::thread::scope(|scope| {
+        let applier = scope.spawn(move || -> Result<(Replayer, u64)> {
+            let mut replayed = 0u64;
+            for batch in rx {
+                for entry in batch {
+                    let lsn = entry.lsn;
+                    let is_commit = matches!(entry.record, Record::Commit(_));
+                    replayer.apply(entry).map_err(|e| match e {
+                        Error::Corrupt { detail, .. } => Error::Corrupt {
+                            lsn,
+                            file: wal.path.join(segment_file_name(
+                                wal.timeline,
+                                segment_of(lsn, wal.segment_size_bytes),
+                            )),
+                            detail,
+                        },
+                        other => other,
+                    })?;
+                    replayed += u64::from(is_commit);
+                }
+            }
+            Ok((replayer, replayed))
+        });
+        let mut batch = Vec::with_capacity(REPLAY_BATCH_RECORDS);
+        let scanned = scan_wal(wal, start, prev_lsn, TailPolicy::TruncateTornTail, |entry| {
+            batch.push(entry);
+            if batch.len() == REPLAY_BATCH_RECORDS {
+                // A send fails only when the applier stopped on an error; it reports that.
+                tx.send(std::mem::replace(&mut batch, Vec::with_capacity(REPLAY_BATCH_RECORDS)))
+                    .map_err(|_| Error::Shutdown)?;
+            }
+            Ok(())
+        });
+        if scanned.is_ok() && !batch.is_empty() {
+            let _ = tx.send(batch);
+        }
+        drop(tx);
+        let applied = applier.join().expect("the replay thread does not panic");
+        match (scanned, applied) {
+            (_, Err(e)) => Err(e),
+            (Err(e), Ok(_)) => Err(e),
+            (Ok(end), Ok((replayer, replayed))) => Ok((end, replayer, replayed)),
+        }
+    })
 }
 
 fn init_dir(dir: &Path, config: &Config) -> Result<()> {

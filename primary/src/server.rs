@@ -1,0 +1,280 @@
+//! The server: opens the database, accepts connections, and shuts down cleanly.
+//!
+//! One accept loop owns the listener. Each accepted connection becomes a task (see
+//! [`crate::connection`]) holding one permit of the connection semaphore, so at most
+//! `max_connections` are served at once; a connection beyond that is told
+//! `too_many_connections` by a small, separately bounded pool of rejecting tasks, and beyond
+//! that pool it is simply closed.
+//!
+//! Shutdown ([`ServerHandle::shutdown`]) cancels one [`CancellationToken`]: the accept loop stops
+//! and drops the listener, idle sessions are told `shutting_down` and closed, a running
+//! statement finishes and its answer is sent first; when every connection task has ended
+//! ([`TaskTracker`]) the database's committer is stopped. Every acknowledged commit is durable
+//! before it is acknowledged, so nothing is flushed at shutdown.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use hindsight_engine::Database;
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use tracing::Instrument;
+
+use crate::auth::{AdminSecretSource, Authenticator};
+use crate::config::ServerConfig;
+use crate::connection;
+use crate::{Error, Result};
+
+/// The most over-limit connections being told `too_many_connections` at once. Past this,
+/// further connections are closed without a reply (rule: nothing grows without bound).
+pub const REJECTING_CONNECTIONS_MAX: usize = 64;
+
+/// How long the accept loop waits after a failed `accept` (e.g. out of file descriptors)
+/// before trying again, so a persistent failure does not spin a core.
+pub const ACCEPT_ERROR_BACKOFF: Duration = Duration::from_millis(100);
+
+/// How long shutdown waits for connections to finish (a running statement, an answer a slow
+/// client is not reading) before it stops the database anyway. A statement still running then
+/// fails with `shutdown`; nothing acknowledged is lost, because acknowledged means durable.
+pub const SHUTDOWN_DRAIN_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// What every connection task shares.
+pub(crate) struct Shared {
+    /// The database.
+    pub db: Arc<Database>,
+    /// Role and password checks.
+    pub auth: Authenticator,
+    /// Cancelled when the server shuts down.
+    pub shutdown: CancellationToken,
+}
+
+/// Starts servers. See [`Server::start`].
+#[derive(Debug)]
+pub struct Server;
+
+impl Server {
+    /// Opens (or initialises) the database in `data_dir`, running crash recovery, sets up the
+    /// role secrets (making `data_dir/admin.secret` on first start when no admin secret is
+    /// configured), binds `config.listen` and starts accepting connections.
+    ///
+    /// Must be called inside a multi-threaded tokio runtime. Fails when the configuration is
+    /// invalid, the directory is locked by another process or is not a hindsight directory,
+    /// recovery finds corruption, or the address cannot be bound.
+    pub async fn start(data_dir: &Path, config: ServerConfig) -> Result<ServerHandle> {
+        config.validate()?;
+        let dir = data_dir.to_path_buf();
+        let engine_config = config.engine_config();
+        // Recovery reads and replays WAL: blocking work that must not stall the executor.
+        let db = tokio::task::spawn_blocking(move || Database::open(&dir, engine_config))
+            .await
+            .map_err(|e| Error::io("open the database", std::io::Error::other(e)))??;
+        // The database initialises an empty directory first (it refuses to initialise over
+        // foreign files), so the admin secret is written only after it opened.
+        let (auth, admin_secret) = Authenticator::for_data_dir(&config.auth, data_dir)?;
+        match &admin_secret {
+            AdminSecretSource::Created(path) => tracing::info!(
+                path = %path.display(),
+                "wrote a new admin secret (mode 0600); log in as role admin with the file's content"
+            ),
+            AdminSecretSource::File(path) => tracing::debug!(path = %path.display(), "admin secret read"),
+            AdminSecretSource::Config => tracing::debug!("admin secret from the configuration"),
+        }
+        let listener = TcpListener::bind(&config.listen)
+            .await
+            .map_err(|e| Error::io(format!("listen on {}", config.listen), e))?;
+        let local_addr = listener
+            .local_addr()
+            .map_err(|e| Error::io(format!("read the address of {}", config.listen), e))?;
+        if config.synchronous_commit != crate::config::SynchronousCommit::Local {
+            tracing::warn!(
+                synchronous_commit = config.synchronous_commit.as_str(),
+                "synchronous_commit is accepted but not in effect before the replication milestone; \
+                 commits are acknowledged once flushed locally"
+            );
+        }
+
+        let shutdown = CancellationToken::new();
+        let tracker = TaskTracker::new();
+        let shared = Arc::new(Shared { db: Arc::clone(&db), auth, shutdown: shutdown.clone() });
+        let accept = AcceptLoop {
+            listener,
+            shared,
+            tracker: tracker.clone(),
+            connection_permits: Arc::new(Semaphore::new(config.max_connections)),
+            reject_permits: Arc::new(Semaphore::new(REJECTING_CONNECTIONS_MAX)),
+            max_connections: config.max_connections,
+        };
+        let accept_task =
+            tokio::spawn(accept.run().instrument(tracing::info_span!("server", addr = %local_addr)));
+        tracing::info!(
+            addr = %local_addr,
+            system_id = format!("{:016X}", db.system_id()),
+            max_connections = config.max_connections,
+            "accepting connections"
+        );
+        Ok(ServerHandle {
+            local_addr,
+            db,
+            data_dir: data_dir.to_path_buf(),
+            shutdown,
+            tracker,
+            accept_task: Some(accept_task),
+            admin_secret,
+        })
+    }
+}
+
+/// A running server. Dropping it without [`ServerHandle::shutdown`] stops accepting and closes
+/// idle sessions, but does not wait for them or stop the database's committer until the last
+/// reference to the database is gone.
+pub struct ServerHandle {
+    local_addr: SocketAddr,
+    db: Arc<Database>,
+    data_dir: PathBuf,
+    shutdown: CancellationToken,
+    tracker: TaskTracker,
+    accept_task: Option<JoinHandle<()>>,
+    admin_secret: AdminSecretSource,
+}
+
+impl ServerHandle {
+    /// The address the server listens on (with the real port when `listen` had port 0).
+    pub fn local_addr(&self) -> SocketAddr {
+        self.local_addr
+    }
+
+    /// The cluster's system id.
+    pub fn system_id(&self) -> u64 {
+        self.db.system_id()
+    }
+
+    /// The open database.
+    pub fn database(&self) -> &Arc<Database> {
+        &self.db
+    }
+
+    /// The data directory.
+    pub fn data_dir(&self) -> &Path {
+        &self.data_dir
+    }
+
+    /// Where the admin secret came from.
+    pub fn admin_secret_source(&self) -> &AdminSecretSource {
+        &self.admin_secret
+    }
+
+    /// Stops the server: no new connections, idle sessions told `shutting_down` and closed,
+    /// running statements finished and answered, then the database's committer stopped.
+    pub async fn shutdown(mut self) {
+        tracing::info!(addr = %self.local_addr, "shutting down");
+        self.shutdown.cancel();
+        if let Some(task) = self.accept_task.take() {
+            if let Err(e) = task.await {
+                tracing::error!(error = %e, "the accept loop failed");
+            }
+        }
+        self.tracker.close();
+        if tokio::time::timeout(SHUTDOWN_DRAIN_TIMEOUT, self.tracker.wait()).await.is_err() {
+            tracing::warn!(
+                connections = self.tracker.len(),
+                "connections still busy after {SHUTDOWN_DRAIN_TIMEOUT:?}; stopping the database anyway"
+            );
+        }
+        let db = Arc::clone(&self.db);
+        if let Err(e) = tokio::task::spawn_blocking(move || db.shutdown()).await {
+            tracing::error!(error = %e, "stopping the database failed");
+        }
+        tracing::info!(addr = %self.local_addr, "stopped");
+    }
+}
+
+impl std::fmt::Debug for ServerHandle {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ServerHandle")
+            .field("local_addr", &self.local_addr)
+            .field("system_id", &format_args!("{:016X}", self.db.system_id()))
+            .field("data_dir", &self.data_dir)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Drop for ServerHandle {
+    fn drop(&mut self) {
+        self.shutdown.cancel();
+    }
+}
+
+/// The accept loop's state; it owns the listener.
+struct AcceptLoop {
+    listener: TcpListener,
+    shared: Arc<Shared>,
+    tracker: TaskTracker,
+    /// One permit per connection being served.
+    connection_permits: Arc<Semaphore>,
+    /// One permit per over-limit connection being told so.
+    reject_permits: Arc<Semaphore>,
+    max_connections: usize,
+}
+
+impl AcceptLoop {
+    async fn run(self) {
+        loop {
+            let accepted = tokio::select! {
+                biased;
+                () = self.shared.shutdown.cancelled() => break,
+                accepted = self.listener.accept() => accepted,
+            };
+            match accepted {
+                Ok((stream, peer)) => self.dispatch(stream, peer),
+                Err(e) => {
+                    tracing::warn!(error = %e, "accepting a connection failed; retrying shortly");
+                    tokio::select! {
+                        () = self.shared.shutdown.cancelled() => break,
+                        () = tokio::time::sleep(ACCEPT_ERROR_BACKOFF) => {}
+                    }
+                }
+            }
+        }
+        // Dropping the listener here refuses new connections while the sessions drain.
+        drop(self.listener);
+    }
+
+    fn dispatch(&self, stream: TcpStream, peer: SocketAddr) {
+        let span = tracing::info_span!("connection", peer = %peer);
+        if let Ok(permit) = Arc::clone(&self.connection_permits).try_acquire_owned() {
+            let shared = Arc::clone(&self.shared);
+            self.tracker.spawn(connection::serve(shared, stream, peer, permit).instrument(span));
+            return;
+        }
+        match Arc::clone(&self.reject_permits).try_acquire_owned() {
+            Ok(permit) => {
+                let max_connections = self.max_connections;
+                let shutdown = self.shared.shutdown.clone();
+                self.tracker
+                    .spawn(reject_over_limit(stream, max_connections, shutdown, permit).instrument(span));
+            }
+            Err(_) => {
+                let _span = span.entered();
+                tracing::warn!(
+                    "connection limit reached and {REJECTING_CONNECTIONS_MAX} refusals already pending; \
+                     closing without a reply"
+                );
+            }
+        }
+    }
+}
+
+async fn reject_over_limit(
+    stream: TcpStream,
+    max_connections: usize,
+    shutdown: CancellationToken,
+    _permit: OwnedSemaphorePermit,
+) {
+    tracing::warn!(max_connections, "refusing a connection: the server is at its connection limit");
+    connection::refuse_over_limit(stream, max_connections, shutdown).await;
+}

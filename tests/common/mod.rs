@@ -1,0 +1,268 @@
+//! Helpers for end-to-end tests that run the real `hindsight` binary as separate processes.
+//!
+//! Every wait is a condition polled against a deadline; nothing sleeps for a fixed time and
+//! hopes.
+
+#![allow(dead_code)]
+
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Output, Stdio};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context};
+use hindsight_primary::client::{Client, ConnectOptions};
+
+/// The binary under test.
+pub const BIN: &str = env!("CARGO_BIN_EXE_hindsight");
+
+/// How long anything may take before a test gives up: generous, because CI machines are slow
+/// and a debug build recovers slowly.
+pub const DEADLINE: Duration = Duration::from_secs(60);
+
+/// How often conditions are polled.
+pub const POLL_INTERVAL: Duration = Duration::from_millis(10);
+
+/// Polls `condition` until it holds or [`DEADLINE`] passes.
+pub fn wait_until(what: &str, mut condition: impl FnMut() -> anyhow::Result<bool>) -> anyhow::Result<()> {
+    let deadline = Instant::now() + DEADLINE;
+    loop {
+        if condition()? {
+            return Ok(());
+        }
+        if Instant::now() >= deadline {
+            bail!("timed out after {} s waiting for {what}", DEADLINE.as_secs());
+        }
+        std::thread::sleep(POLL_INTERVAL);
+    }
+}
+
+/// Waits for a process to exit, with a deadline.
+pub fn wait_exit(child: &mut Child, what: &str) -> anyhow::Result<ExitStatus> {
+    let mut status = None;
+    wait_until(what, || {
+        status = child.try_wait().context("wait for the process")?;
+        Ok(status.is_some())
+    })?;
+    status.context("no exit status")
+}
+
+/// A `hindsight primary` process; killed when dropped.
+pub struct Primary {
+    child: Child,
+    /// The address from the ready line.
+    pub addr: String,
+    /// The system id from the ready line.
+    pub system_id: u64,
+    /// The data directory.
+    pub data: PathBuf,
+    /// Where its stderr (the log) goes.
+    pub log_path: PathBuf,
+}
+
+impl Primary {
+    /// Starts a primary on `data` listening on a free port, and waits for its ready line.
+    pub fn start(data: &Path) -> anyhow::Result<Primary> {
+        Primary::start_with(data, &[])
+    }
+
+    /// Starts a primary with extra arguments (e.g. `--config FILE`).
+    pub fn start_with(data: &Path, extra: &[&str]) -> anyhow::Result<Primary> {
+        let log_path = log_path_for(data);
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&log_path)
+            .context("open the primary's log file")?;
+        let mut child = Command::new(BIN)
+            .arg("primary")
+            .arg("--data")
+            .arg(data)
+            .args(["--listen", "127.0.0.1:0"])
+            .args(extra)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(log)
+            .spawn()
+            .context("spawn hindsight primary")?;
+        let stdout = child.stdout.take().context("take the primary's stdout")?;
+        let (tx, rx) = mpsc::sync_channel(4);
+        std::thread::spawn(move || {
+            let mut lines = BufReader::new(stdout).lines();
+            if let Some(Ok(line)) = lines.next() {
+                let _ = tx.send(line);
+            }
+            // Anything more on stdout breaks the "exactly one line" promise.
+            for line in lines.map_while(Result::ok) {
+                eprintln!("unexpected stdout line from the primary: {line}");
+            }
+        });
+        let line = match rx.recv_timeout(DEADLINE) {
+            Ok(line) => line,
+            Err(_) => {
+                let _ = child.kill();
+                let _ = child.wait();
+                bail!("the primary printed no ready line; its log:\n{}", read_log(&log_path));
+            }
+        };
+        let (addr, system_id) = parse_ready_line(&line, data)?;
+        Ok(Primary { child, addr, system_id, data: data.to_path_buf(), log_path })
+    }
+
+    /// The admin secret the primary wrote to `DATA/admin.secret`.
+    pub fn password(&self) -> String {
+        std::fs::read_to_string(self.data.join("admin.secret")).unwrap_or_default().trim().to_string()
+    }
+
+    /// Connect options for the admin role.
+    pub fn admin(&self) -> ConnectOptions {
+        ConnectOptions { password: self.password(), ..ConnectOptions::default() }
+    }
+
+    /// A client logged in as admin.
+    pub async fn connect(&self) -> anyhow::Result<Client> {
+        Client::connect(self.addr.as_str(), self.admin()).await.context("connect to the primary as admin")
+    }
+
+    /// Runs `hindsight shell ADDR ARGS…` with the admin password in the environment.
+    pub fn shell(&self, args: &[&str]) -> anyhow::Result<Output> {
+        self.shell_with_input(args, None)
+    }
+
+    /// Runs the shell with `input` on its stdin.
+    pub fn shell_with_input(&self, args: &[&str], input: Option<&str>) -> anyhow::Result<Output> {
+        run_shell(&self.addr, &self.password(), args, input)
+    }
+
+    /// The process id.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// Sends SIGTERM and waits for the exit.
+    pub fn terminate(&mut self) -> anyhow::Result<ExitStatus> {
+        signal(self.child.id(), libc::SIGTERM)?;
+        wait_exit(&mut self.child, "the primary to exit after SIGTERM")
+    }
+
+    /// Sends SIGKILL and reaps the process.
+    pub fn kill9(&mut self) -> anyhow::Result<()> {
+        signal(self.child.id(), libc::SIGKILL)?;
+        wait_exit(&mut self.child, "the primary to die of SIGKILL")?;
+        Ok(())
+    }
+
+    /// Whether the process is still running.
+    pub fn is_running(&mut self) -> bool {
+        matches!(self.child.try_wait(), Ok(None))
+    }
+
+    /// The primary's log so far.
+    pub fn log(&self) -> String {
+        read_log(&self.log_path)
+    }
+}
+
+impl Drop for Primary {
+    fn drop(&mut self) {
+        if self.is_running() {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+}
+
+/// The log file next to a data directory.
+pub fn log_path_for(data: &Path) -> PathBuf {
+    let name = data.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_else(|| "data".into());
+    data.with_file_name(format!("{name}.log"))
+}
+
+fn read_log(path: &Path) -> String {
+    std::fs::read_to_string(path).unwrap_or_else(|e| format!("(no log: {e})"))
+}
+
+fn signal(pid: u32, signal: libc::c_int) -> anyhow::Result<()> {
+    let pid = libc::pid_t::try_from(pid).context("pid out of range")?;
+    // SAFETY: kill(2) on a child this test started and has not reaped.
+    if unsafe { libc::kill(pid, signal) } != 0 {
+        return Err(std::io::Error::last_os_error()).context("send a signal to the primary");
+    }
+    Ok(())
+}
+
+/// Parses `hindsight primary listening on ADDR (system id HEX, data DIR)`.
+pub fn parse_ready_line(line: &str, data: &Path) -> anyhow::Result<(String, u64)> {
+    let rest = line
+        .strip_prefix("hindsight primary listening on ")
+        .with_context(|| format!("unexpected ready line {line:?}"))?;
+    let (addr, rest) =
+        rest.split_once(" (system id ").with_context(|| format!("no system id in {line:?}"))?;
+    let (system_id, rest) = rest.split_once(", data ").with_context(|| format!("no data dir in {line:?}"))?;
+    anyhow::ensure!(system_id.len() == 16, "system id {system_id:?} is not 16 hex digits");
+    let system_id =
+        u64::from_str_radix(system_id, 16).with_context(|| format!("parse system id {system_id}"))?;
+    anyhow::ensure!(rest == format!("{})", data.display()), "ready line names another directory: {line:?}");
+    Ok((addr.to_string(), system_id))
+}
+
+/// Runs `hindsight shell ADDR ARGS…` with `password` in `HINDSIGHT_PASSWORD`, with a deadline.
+pub fn run_shell(addr: &str, password: &str, args: &[&str], input: Option<&str>) -> anyhow::Result<Output> {
+    use std::io::Write;
+    let mut child = Command::new(BIN)
+        .arg("shell")
+        .arg(addr)
+        .args(args)
+        .env("HINDSIGHT_PASSWORD", password)
+        .env_remove("RUST_LOG")
+        .stdin(if input.is_some() { Stdio::piped() } else { Stdio::null() })
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .context("spawn hindsight shell")?;
+    let stdout = child.stdout.take().context("take stdout")?;
+    let stderr = child.stderr.take().context("take stderr")?;
+    let out = std::thread::spawn(move || std::io::read_to_string(stdout).unwrap_or_default());
+    let err = std::thread::spawn(move || std::io::read_to_string(stderr).unwrap_or_default());
+    if let Some(input) = input {
+        // Dropped at the end of this block: the shell sees end of input.
+        let mut stdin = child.stdin.take().context("take the shell's stdin")?;
+        stdin.write_all(input.as_bytes()).context("write the shell's input")?;
+    }
+    let status = wait_exit(&mut child, "the shell to exit")?;
+    let stdout = out.join().unwrap_or_default().into_bytes();
+    let stderr = err.join().unwrap_or_default().into_bytes();
+    Ok(Output { status, stdout, stderr })
+}
+
+/// Runs `hindsight ARGS…` to completion with a deadline (for commands that should exit).
+pub fn run_bin(args: &[&str]) -> anyhow::Result<Output> {
+    let mut child = Command::new(BIN)
+        .args(args)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .context("spawn hindsight")?;
+    let stdout = child.stdout.take().context("take stdout")?;
+    let stderr = child.stderr.take().context("take stderr")?;
+    let out = std::thread::spawn(move || std::io::read_to_string(stdout).unwrap_or_default());
+    let err = std::thread::spawn(move || std::io::read_to_string(stderr).unwrap_or_default());
+    let status = wait_exit(&mut child, "hindsight to exit")?;
+    Ok(Output {
+        status,
+        stdout: out.join().unwrap_or_default().into_bytes(),
+        stderr: err.join().unwrap_or_default().into_bytes(),
+    })
+}
+
+/// stdout of an output as text.
+pub fn stdout(output: &Output) -> String {
+    String::from_utf8_lossy(&output.stdout).into_owned()
+}
+
+/// stderr of an output as text.
+pub fn stderr(output: &Output) -> String {
+    String::from_utf8_lossy(&output.stderr).into_owned()
+}

@@ -442,6 +442,18 @@ impl Shell {
         }
     }
 
+    /// Runs one query without printing and returns the first column of its first row as an
+    /// integer (for scripted checks such as the demo's).
+    pub fn query_i64(&mut self, sql: &str) -> anyhow::Result<i64> {
+        let client = self.client.as_mut().ok_or_else(|| anyhow::anyhow!("not connected"))?;
+        let results = self.runtime.block_on(client.query(sql)).map_err(|e| anyhow::anyhow!("{e}"))?;
+        results
+            .iter()
+            .rev()
+            .find_map(|r| r.rows.first().and_then(|row| row.first()).and_then(|v| v.as_i64()))
+            .ok_or_else(|| anyhow::anyhow!("{sql} returned no integer"))
+    }
+
     /// Says goodbye to the server.
     pub fn close(&mut self) {
         if let Some(client) = self.client.take() {

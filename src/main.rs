@@ -5,6 +5,11 @@
 //! Exit status: 0 on success; non-zero with a one-line cause on stderr otherwise (the shell
 //! documents its own statuses; subcommands of later milestones exit 2).
 
+/// mimalloc: replay and snapshot loading allocate a small block per row version, and
+/// glibc malloc's free-list maintenance showed up in their profiles.
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 mod demo;
 mod render;
 mod shell;

@@ -15,6 +15,11 @@
 //! Latencies are hdrhistogram percentiles ([`stats`]). Progress goes to stderr; the report goes
 //! to stdout, as a table or (`--json`) as exactly one JSON object. See `docs/benchmarks.md`.
 
+/// mimalloc: replay and snapshot loading allocate a small block per row version, and
+/// glibc malloc's free-list maintenance showed up in their profiles.
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 mod client;
 mod commit;
 mod engine;

@@ -363,6 +363,7 @@ impl Database {
         }
         report.snapshot_elapsed = started.elapsed();
         let replay_started = Instant::now();
+        crate::wal::writer::remove_prepared_segments(&wal_dir)?;
         let replayer = Replayer::new(Arc::clone(&store), last_txid, last_time, control.checkpoint_lsn);
         let start = control.checkpoint_lsn;
         let wal = WalDir {

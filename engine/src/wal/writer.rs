@@ -37,9 +37,48 @@ pub fn create_segment(
     segment_size_bytes: u64,
     segment_no: u64,
 ) -> Result<File> {
-    let name = segment_file_name(timeline, segment_no);
-    let path = dir.join(&name);
-    let tmp = dir.join(format!("{name}.tmp"));
+    let file = prepare_segment(dir, system_id, timeline, segment_size_bytes, segment_no)?;
+    install_segment(dir, timeline, segment_no)?;
+    Ok(file)
+}
+
+/// The temporary name a segment is prepared under.
+fn prepared_path(dir: &Path, timeline: Timeline, segment_no: u64) -> PathBuf {
+    dir.join(format!("{}.tmp", segment_file_name(timeline, segment_no)))
+}
+
+/// Moves a prepared segment to its real name and makes the rename durable.
+fn install_segment(dir: &Path, timeline: Timeline, segment_no: u64) -> Result<()> {
+    let path = dir.join(segment_file_name(timeline, segment_no));
+    std::fs::rename(prepared_path(dir, timeline, segment_no), &path)
+        .map_err(|e| Error::io(format!("install WAL segment {}", path.display()), e))?;
+    sync_dir(dir)
+}
+
+/// Removes segments prepared by a process that crashed before using them. Recovery calls it;
+/// prepared files never hold records, and the reader ignores their names anyway.
+pub fn remove_prepared_segments(dir: &Path) -> Result<()> {
+    let rd =
+        std::fs::read_dir(dir).map_err(|e| Error::io(format!("list WAL directory {}", dir.display()), e))?;
+    for entry in rd.flatten() {
+        if entry.file_name().to_string_lossy().ends_with(".tmp") {
+            let _ = std::fs::remove_file(entry.path());
+        }
+    }
+    Ok(())
+}
+
+/// Writes segment `segment_no` full-size under its temporary name and fsyncs it; it does not
+/// exist as a segment until [`install_segment`] renames it.
+fn prepare_segment(
+    dir: &Path,
+    system_id: u64,
+    timeline: Timeline,
+    segment_size_bytes: u64,
+    segment_no: u64,
+) -> Result<File> {
+    let path = dir.join(segment_file_name(timeline, segment_no));
+    let tmp = prepared_path(dir, timeline, segment_no);
     let io = |e| Error::io(format!("create WAL segment {}", path.display()), e);
     let mut file =
         OpenOptions::new().read(true).write(true).create(true).truncate(true).open(&tmp).map_err(io)?;
@@ -53,9 +92,13 @@ pub fn create_segment(
         left -= n;
     }
     file.sync_all().map_err(io)?;
-    std::fs::rename(&tmp, &path).map_err(io)?;
-    sync_dir(dir)?;
     Ok(file)
+}
+
+/// A segment being prepared by a background thread.
+struct Prepared {
+    segment_no: u64,
+    thread: std::thread::JoinHandle<Result<File>>,
 }
 
 /// The appender.
@@ -79,6 +122,9 @@ pub struct WalWriter {
     flushed_lsn: Lsn,
     failed: Option<String>,
     bytes_since_sync: u64,
+    /// The next segment, prepared in the background so a switch does not wait for 16 MiB of
+    /// zeros to reach the disk.
+    prepared: Option<Prepared>,
 }
 
 impl WalWriter {
@@ -129,7 +175,23 @@ impl WalWriter {
             flushed_lsn: end,
             failed: None,
             bytes_since_sync: 0,
+            prepared: None,
         })
+        .map(|mut w| {
+            w.prepare_next();
+            w
+        })
+    }
+
+    /// Starts preparing the segment after the current one.
+    fn prepare_next(&mut self) {
+        let (dir, system_id, timeline, size, no) =
+            (self.dir.clone(), self.system_id, self.timeline, self.segment_size_bytes, self.segment_no + 1);
+        let spawned = std::thread::Builder::new()
+            .name("hindsight-wal-prealloc".into())
+            .spawn(move || prepare_segment(&dir, system_id, timeline, size, no));
+        // If no thread can be started, the switch creates the segment itself.
+        self.prepared = spawned.ok().map(|thread| Prepared { segment_no: no, thread });
     }
 
     /// Where the next record will start if it is `len` bytes long (header included).
@@ -254,13 +316,20 @@ impl WalWriter {
         // recovery never finds a new segment after an unterminated one.
         self.flushed_lsn = self.insert_lsn;
         self.segment_no += 1;
-        let created = create_segment(
-            &self.dir,
-            self.system_id,
-            self.timeline,
-            self.segment_size_bytes,
-            self.segment_no,
-        );
+        let prepared = match self.prepared.take() {
+            Some(p) if p.segment_no == self.segment_no => p.thread.join().ok().and_then(|r| r.ok()),
+            _ => None,
+        };
+        let created = match prepared {
+            Some(file) => install_segment(&self.dir, self.timeline, self.segment_no).map(|()| file),
+            None => create_segment(
+                &self.dir,
+                self.system_id,
+                self.timeline,
+                self.segment_size_bytes,
+                self.segment_no,
+            ),
+        };
         let file = match created {
             Ok(f) => f,
             Err(e) => {
@@ -272,6 +341,7 @@ impl WalWriter {
         self.insert_lsn = first_record_lsn(self.segment_no, self.segment_size_bytes);
         self.buf_lsn = self.insert_lsn;
         self.flushed_lsn = self.insert_lsn;
+        self.prepare_next();
         Ok(())
     }
 

@@ -13,7 +13,7 @@
 //! `DIR/admin.secret`.
 
 use crate::postgres::{self, PgbenchRun, Postgres};
-use crate::stats::{ms, round1, round3, thousands, CommitStats};
+use crate::stats::{ms, round1, round3, thousands, work_dir, CommitStats};
 use anyhow::{bail, Context, Result};
 use serde_json::{json, Map, Value};
 use std::io::{BufRead, BufReader};
@@ -301,14 +301,7 @@ pub fn hindsight_binary() -> Result<PathBuf> {
 /// One hindsight measurement with a fresh server and data directory.
 fn run_hindsight(opts: &CommitOptions, clients: usize) -> Result<ClientRun> {
     let bin = hindsight_binary()?;
-    let work = match &opts.dir {
-        Some(parent) => {
-            std::fs::create_dir_all(parent).with_context(|| format!("create {}", parent.display()))?;
-            tempfile::Builder::new().prefix("hindsight-bench-").tempdir_in(parent)
-        }
-        None => tempfile::Builder::new().prefix("hindsight-bench-").tempdir(),
-    }
-    .context("create the work directory")?;
+    let work = work_dir(opts.dir.as_deref())?;
     let data = work.path().join("data");
     let log = work.path().join("server.log");
     let server = Server::start(&bin, &data, &log)?;

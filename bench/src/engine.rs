@@ -21,7 +21,7 @@
 
 use crate::stats::{
     copy_dir, files_size, latency_histogram, median, ms, record_latency, round1, round3, rss_bytes,
-    thousands, verdict, CommitStats,
+    thousands, verdict, work_dir, CommitStats,
 };
 use crate::workload::{
     expected_balance_sum, load_txn_ranges, load_txn_sql, share, update_sql, CREATE_ACCOUNTS, UPDATE_SEED,
@@ -148,7 +148,10 @@ impl EngineReport {
         m.insert("wal_bytes_per_txn".into(), json!(round1(self.wal_bytes_per_txn())));
         m.insert("wal_syncs".into(), json!(self.wal_syncs));
         m.insert("commits_per_wal_sync".into(), json!(round1(self.commits_per_sync())));
-        m.insert("wal_sync_us_avg".into(), json!(round1(self.wal_sync_us as f64 / self.wal_syncs.max(1) as f64)));
+        m.insert(
+            "wal_sync_us_avg".into(),
+            json!(round1(self.wal_sync_us as f64 / self.wal_syncs.max(1) as f64)),
+        );
         m.insert("replay_txn_per_s".into(), json!(round1(self.replay_txn_per_s())));
         m.insert("replay_mb_per_s".into(), json!(round1(self.replay_mb_per_s())));
         m.insert("recovery_s".into(), json!(round3(self.recovery.as_secs_f64())));
@@ -198,7 +201,11 @@ impl EngineReport {
             [
                 "  group commit".into(),
                 format!("{:.1}/fsync", self.commits_per_sync()),
-                format!("{} fdatasyncs, {:.0} µs each on average", self.wal_syncs, self.wal_sync_us as f64 / self.wal_syncs.max(1) as f64),
+                format!(
+                    "{} fdatasyncs, {:.0} µs each on average",
+                    self.wal_syncs,
+                    self.wal_sync_us as f64 / self.wal_syncs.max(1) as f64
+                ),
                 String::new(),
             ],
             [
@@ -292,14 +299,7 @@ pub fn run(opts: &EngineOptions) -> Result<EngineReport> {
     );
     ensure!(opts.recovery_runs > 0, "--recovery-runs must be positive");
     let rss_before = rss_bytes()?;
-    let work = match &opts.dir {
-        Some(parent) => {
-            std::fs::create_dir_all(parent).with_context(|| format!("create {}", parent.display()))?;
-            tempfile::Builder::new().prefix("hindsight-bench-").tempdir_in(parent)
-        }
-        None => tempfile::Builder::new().prefix("hindsight-bench-").tempdir(),
-    }
-    .context("create the work directory")?;
+    let work = work_dir(opts.dir.as_deref())?;
     let dir = work.path().join("data");
     let dir_base = work.path().join("base");
     let config = bench_config();

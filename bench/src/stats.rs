@@ -168,6 +168,18 @@ pub fn verdict(met: bool) -> &'static str {
     }
 }
 
+/// A fresh temporary work directory, under `parent` when given (removed when dropped).
+pub fn work_dir(parent: Option<&Path>) -> Result<tempfile::TempDir> {
+    match parent {
+        Some(parent) => {
+            std::fs::create_dir_all(parent).with_context(|| format!("create {}", parent.display()))?;
+            tempfile::Builder::new().prefix("hindsight-bench-").tempdir_in(parent)
+        }
+        None => tempfile::Builder::new().prefix("hindsight-bench-").tempdir(),
+    }
+    .context("create the work directory")
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

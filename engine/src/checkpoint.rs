@@ -271,7 +271,8 @@ pub fn load_snapshot(path: &Path, store: &Store, expected_system_id: u64) -> Res
                             let expected_rows = p.uvarint().map_err(fail)?;
                             store.create_table(Arc::new(def.clone()), lsn);
                             let t = store.table_data(def.id).expect("table just created");
-                            t.reserve(expected_rows.min(1 << 32) as usize);
+                            // A hint only: never reserve for more rows than the file could hold.
+                            t.reserve((expected_rows as usize).min(data.len() / 2));
                             tables.push(t);
                         }
                         2 => {

@@ -379,8 +379,13 @@ impl Database {
         if let Some((lsn, file, detail)) = &end.torn {
             tracing::warn!(lsn = %lsn, file = %file.display(), detail, "torn WAL tail truncated");
         }
-        if complete_end != end.end_lsn || end.torn.is_some() {
-            if complete_end != end.end_lsn {
+        // Cut the WAL after a torn tail, or after the chunks of a large transaction whose commit
+        // never made it. Otherwise the WAL ends where the scan ended (which may be past the
+        // padding of a segment that was just switched away from).
+        let truncate = end.torn.is_some() || replayer.in_transaction();
+        let wal_end = if truncate { complete_end } else { end.end_lsn };
+        if truncate {
+            if replayer.in_transaction() {
                 tracing::warn!(
                     from = %complete_end, to = %end.end_lsn,
                     "WAL ends inside a large transaction that never committed; cutting it off"
@@ -390,25 +395,18 @@ impl Database {
             report.truncated_at = Some(complete_end);
         }
         report.replayed_txns = replayed;
-        report.replayed_bytes = complete_end.bytes_since(start);
-        report.end_lsn = complete_end;
+        report.replayed_bytes = wal_end.bytes_since(start);
+        report.end_lsn = wal_end;
         // Segments past the end belonging to this timeline were removed by truncate_wal; make
         // sure the writer's segment exists (a fresh directory has segment 0 from init).
-        let writer = WalWriter::open(
-            &wal_dir,
-            control.system_id,
-            control.timeline,
-            seg,
-            complete_end,
-            prev,
-            config.fsync,
-        )?;
+        let writer =
+            WalWriter::open(&wal_dir, control.system_id, control.timeline, seg, wal_end, prev, config.fsync)?;
         let txid = replayer.last_txid();
         let time = replayer.last_commit_time_us();
-        store.publish(complete_end, time);
+        store.publish(wal_end, time);
         let shared = Arc::new(Shared {
             published: Mutex::new(Published {
-                lsn: complete_end,
+                lsn: wal_end,
                 prev_lsn: prev,
                 txid,
                 commit_time_us: time,
@@ -422,7 +420,7 @@ impl Database {
         });
         report.elapsed = started.elapsed();
         tracing::info!(
-            dir = %dir.display(), lsn = %complete_end, txid = %txid, replayed_txns = replayed,
+            dir = %dir.display(), lsn = %wal_end, txid = %txid, replayed_txns = replayed,
             elapsed_ms = report.elapsed.as_millis() as u64, "database open"
         );
         let (tx, rx) = bounded(COMMIT_QUEUE_MAX);
@@ -441,14 +439,15 @@ impl Database {
             checkpoint_running: false,
             checkpoint_waiters: Vec::new(),
             last_checkpoint: Instant::now(),
-            wal_at_checkpoint: complete_end,
+            wal_at_checkpoint: wal_end,
             flusher: Arc::new(Flusher {
                 queue: Mutex::new(FlushQueue::default()),
                 wake: parking_lot::Condvar::new(),
                 done: parking_lot::Condvar::new(),
             }),
             flusher_thread: None,
-            enqueued: complete_end,
+            snapshot_thread: None,
+            enqueued: wal_end,
         };
         let handle = std::thread::Builder::new()
             .name("hindsight-committer".into())
@@ -712,6 +711,8 @@ struct Committer {
     wal_at_checkpoint: Lsn,
     flusher: Arc<Flusher>,
     flusher_thread: Option<JoinHandle<()>>,
+    /// The background snapshot writer, joined at shutdown so no thread outlives the lock.
+    snapshot_thread: Option<JoinHandle<()>>,
     /// The end of the last group handed to the flusher.
     enqueued: Lsn,
 }
@@ -758,6 +759,9 @@ impl Committer {
                 self.flusher.queue.lock().stop = true;
                 self.flusher.wake.notify_all();
                 if let Some(h) = self.flusher_thread.take() {
+                    let _ = h.join();
+                }
+                if let Some(h) = self.snapshot_thread.take() {
                     let _ = h.join();
                 }
                 for w in self.checkpoint_waiters.drain(..) {
@@ -869,9 +873,21 @@ impl Committer {
         }
     }
 
+    /// Stops all writing: this committer's and the flusher's. Groups waiting for an fsync fail
+    /// too, because their bytes may sit in a segment whose fsync already failed (the kernel
+    /// reports a failed writeback once, so the flusher's own fsync could wrongly succeed).
     fn poison(&mut self, e: &Error) {
         tracing::error!(error = %e, "committer stopped accepting writes");
-        self.poisoned = Some(e.to_string());
+        let why = e.to_string();
+        self.poisoned = Some(why.clone());
+        let mut q = self.flusher.queue.lock();
+        q.poisoned.get_or_insert(why.clone());
+        let groups: Vec<Group> = q.groups.drain(..).collect();
+        drop(q);
+        self.flusher.done.notify_all();
+        for g in groups {
+            g.acks.into_iter().for_each(|a| a.fail(&why));
+        }
     }
 
     fn append_simple(&mut self, record: &Record) -> Result<Lsn> {
@@ -947,15 +963,47 @@ impl Committer {
     fn commit(&mut self, ws: WriteSet) -> Result<CommitInfo> {
         self.check_poisoned()?;
         self.validate(&ws)?;
+        // Every limit is checked before anything is appended: a transaction refused after its
+        // chunk records were written would leave chunks without a commit in the WAL.
+        let row_bytes: usize = ws
+            .rows
+            .values()
+            .flat_map(|t| t.rows.iter())
+            .map(|(_, r)| r.as_ref().map_or(16, |b| b.len()))
+            .sum();
+        if row_bytes > TXN_CHANGE_BYTES_MAX {
+            return Err(Error::Sql(SqlError::new(
+                ErrorCode::ProgramLimitExceeded,
+                format!("transaction changes more than {TXN_CHANGE_BYTES_MAX} bytes of rows"),
+            )));
+        }
+        let ddl_bytes = if ws.ddl.is_empty() {
+            0
+        } else {
+            let mut b = Vec::new();
+            let probe = CommitRecord {
+                txid: TxId(u64::MAX),
+                commit_time_us: i64::MAX,
+                digest: 0,
+                ddl: ws.ddl.clone(),
+                changes: Vec::new(),
+            };
+            Record::Commit(probe).encode_body(&mut b);
+            b.len()
+        };
+        if ddl_bytes > RECORD_LEN_MAX / 2 {
+            return Err(Error::Sql(SqlError::new(
+                ErrorCode::ProgramLimitExceeded,
+                format!("the transaction's DDL takes {ddl_bytes} bytes, more than one WAL record may hold"),
+            )));
+        }
+        // The commit record carries the DDL and the last part of the rows: leave room for both.
+        let tail_limit = CHUNK_TARGET_BYTES - ddl_bytes;
         // Turn the write set into change lists, splitting off chunk records when it is large.
         let mut chunks: Vec<TableChanges> = Vec::new();
-        let mut chunk_bytes = 0usize;
         let mut tail: Vec<TableChanges> = Vec::new();
         let mut tail_bytes = 0usize;
-        let mut total_bytes = 0usize;
         for (id, tw) in ws.rows {
-            let key_type = tw.def.key_type();
-            let _ = key_type;
             let mut current = TableChanges { table: id, changes: Vec::new() };
             for (key, row) in tw.rows {
                 let change = match row {
@@ -967,14 +1015,7 @@ impl Committer {
                     }
                 };
                 let len = change_encoded_len(change.bytes.len());
-                total_bytes += change.bytes.len();
-                if total_bytes > TXN_CHANGE_BYTES_MAX {
-                    return Err(Error::Sql(SqlError::new(
-                        ErrorCode::ProgramLimitExceeded,
-                        format!("transaction changes more than {TXN_CHANGE_BYTES_MAX} bytes of rows"),
-                    )));
-                }
-                if tail_bytes + len > CHUNK_TARGET_BYTES {
+                if tail_bytes + len > tail_limit {
                     // Move what has gathered into a chunk record.
                     if !current.changes.is_empty() {
                         tail.push(std::mem::replace(
@@ -988,7 +1029,6 @@ impl Committer {
                         self.poison(&e);
                         return Err(e);
                     }
-                    chunk_bytes += self.body.len();
                     chunks.append(&mut tail);
                     tail_bytes = 0;
                 }
@@ -999,7 +1039,6 @@ impl Committer {
                 tail.push(current);
             }
         }
-        let _ = chunk_bytes;
         let txid = self.replayer.last_txid().next();
         let commit_time_us = now_us().max(self.replayer.last_commit_time_us());
         let record =
@@ -1008,13 +1047,10 @@ impl Committer {
         record.encode_body(&mut self.body);
         let Record::Commit(record) = record else { unreachable!("built as a commit") };
         let len = RECORD_HEADER_LEN + self.body.len();
-        if len > RECORD_LEN_MAX {
-            // Only DDL can make the tail this large (the row part was kept under the chunk size).
-            return Err(Error::Sql(SqlError::new(
-                ErrorCode::ProgramLimitExceeded,
-                "transaction's DDL does not fit one WAL record".to_string(),
-            )));
-        }
+        assert!(
+            len <= RECORD_LEN_MAX,
+            "commit record of {len} bytes: the DDL and tail limits above keep it smaller"
+        );
         let start = self.writer.next_record_lsn(len);
         let end = start.add(len as u64);
         let digest = match self.replayer.apply_commit(record, chunks, end) {
@@ -1113,6 +1149,12 @@ impl Committer {
             drop(view);
             let _ = tx.send(Request::CheckpointDone(result));
         });
+        let spawned = spawned.map(|handle| {
+            // Only one snapshot runs at a time, so the previous thread has finished: reap it.
+            if let Some(old) = self.snapshot_thread.replace(handle) {
+                let _ = old.join();
+            }
+        });
         if let Err(e) = spawned {
             self.checkpoint_running = false;
             let e = Error::io("start the snapshot thread", e);
@@ -1192,7 +1234,7 @@ impl Committer {
         let Ok(segments) = list_segments(&wal_dir) else { return };
         let mut removed = false;
         for (_, no, path) in segments {
-            if (no + 1) * seg <= keep.0 {
+            if (no + 1) * seg < keep.0 {
                 match std::fs::remove_file(&path) {
                     Ok(()) => removed = true,
                     Err(e) => {

@@ -596,6 +596,12 @@ impl Drop for ReadView {
     }
 }
 
+impl std::fmt::Debug for ReadView {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ReadView").field("lsn", &self.lsn).finish_non_exhaustive()
+    }
+}
+
 impl Clone for ReadView {
     fn clone(&self) -> ReadView {
         *self.store.readers.lock().entry(self.lsn).or_insert(0) += 1;

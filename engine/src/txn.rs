@@ -1,6 +1,7 @@
 //! What a session hands the committer: a transaction's write set, and what it gets back.
 
 use crate::schema::{TableDef, TableId};
+use crate::store::ReadView;
 use crate::value::Key;
 use crate::wal::record::DdlOp;
 use hindsight_protocol::{Lsn, TxId};
@@ -22,6 +23,10 @@ pub struct WriteSet {
     pub ddl: Vec<DdlOp>,
     /// Final row images per table: `Some(row)` to put, `None` to delete.
     pub rows: BTreeMap<TableId, TableWrites>,
+    /// The read view the transaction read at, kept registered until the commit is decided, so
+    /// the writer never reclaims a version (a tombstone, say) the conflict check still needs.
+    /// Callers that built the write set without a view may leave it `None`.
+    pub view: Option<ReadView>,
 }
 
 /// The writes to one table.

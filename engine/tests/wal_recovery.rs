@@ -188,3 +188,65 @@ fn a_missing_segment_and_a_foreign_segment_are_errors() {
     let err = Database::open(work.path(), small_config()).err().expect("foreign segment must fail");
     assert!(err.to_string().contains("system id"), "{err}");
 }
+
+#[test]
+fn records_that_would_end_exactly_at_a_segment_boundary_are_read_back_in_order() {
+    use hindsight_engine::wal::reader::{scan_wal, TailPolicy, WalDir};
+    use hindsight_engine::wal::segment::first_record_lsn;
+    use hindsight_engine::wal::writer::{create_segment, WalWriter};
+    use hindsight_engine::wal::{Record, RecordKind};
+    let dir = tempfile::tempdir().unwrap();
+    let seg = 1024 * 1024u64;
+    let (system_id, tl) = (7u64, hindsight_protocol::Timeline(1));
+    create_segment(dir.path(), system_id, tl, seg, 0).unwrap();
+    let mut w = WalWriter::open(dir.path(), system_id, tl, seg, first_record_lsn(0, seg), Lsn::ZERO, false).unwrap();
+    let mut names = Vec::new();
+    let mut exact_fits = 0;
+    // Fill three segments; whenever a restore-point record can end exactly at the segment end,
+    // make it that long.
+    while w.insert_lsn().0 < 3 * seg {
+        let remaining = (seg - w.insert_lsn().0 % seg) as usize;
+        // Record = 17 header + 1 name length + name + 1..2 time varint (time 0 → 1 byte).
+        let name_len = if (20..=200 + 19).contains(&remaining) { remaining - 19 } else { 150 };
+        if name_len != 150 {
+            exact_fits += 1;
+        }
+        let name = "n".repeat(name_len.clamp(1, 200));
+        let mut body = Vec::new();
+        Record::RestorePoint { name: name.clone(), time_us: 0 }.encode_body(&mut body);
+        let (start, end) = w.append(RecordKind::RestorePoint, &body).unwrap();
+        assert!(end.0 % seg != 0, "record at {start} ends exactly at a segment boundary");
+        assert_eq!(start.0 / seg, (end.0 - 1) / seg, "record at {start} crosses a segment boundary");
+        names.push(name);
+    }
+    w.sync().unwrap();
+    assert!(exact_fits > 0, "the test must try records that would fill a segment exactly");
+    let mut read = Vec::new();
+    let wal = WalDir { path: dir.path(), system_id, timeline: tl, segment_size_bytes: seg };
+    scan_wal(wal, first_record_lsn(0, seg), Some(Lsn::ZERO), TailPolicy::Strict, |e| {
+        if let Record::RestorePoint { name, .. } = e.record {
+            read.push(name);
+        }
+        Ok(())
+    })
+    .unwrap();
+    assert_eq!(read, names);
+}
+
+#[test]
+fn a_zeroed_length_inside_written_wal_is_corruption_not_an_end() {
+    let base = tempfile::tempdir().unwrap();
+    let history = build(base.path(), 0);
+    let seg = small_config().segment_size_bytes;
+    let start = history.states[9].0;
+    let work = tempfile::tempdir().unwrap();
+    copy_dir(base.path(), work.path());
+    let path = last_segment(work.path());
+    let f = std::fs::OpenOptions::new().write(true).open(&path).unwrap();
+    f.write_all_at(&[0, 0, 0, 0], start.0 % seg).unwrap();
+    match Database::open(work.path(), small_config()) {
+        Err(Error::Corrupt { lsn, .. }) => assert_eq!(lsn, start),
+        Err(e) => panic!("wrong error {e}"),
+        Ok(_) => panic!("opened a WAL with a hole, dropping acknowledged commits"),
+    }
+}

@@ -229,7 +229,7 @@ impl Txn {
     pub fn into_write_set(self) -> WriteSet {
         let mut rows = self.writes;
         rows.retain(|_, w| !w.rows.is_empty());
-        WriteSet { snapshot_lsn: self.view.lsn(), ddl: self.ddl, rows }
+        WriteSet { snapshot_lsn: self.view.lsn(), ddl: self.ddl, rows, view: Some(self.view) }
     }
 }
 

@@ -123,6 +123,32 @@ pub fn scan_wal(
                     Ok(Some(entry)) => f(entry)?,
                     Ok(None) => break,
                     Err(e) if e.kind == DecodeErrorKind::Unwritten && is_last => {
+                        // Zeros where a record should be: the end, unless intact records follow
+                        // (a zeroed block inside written WAL is corruption, never an end).
+                        if policy == TailPolicy::TruncateTornTail {
+                            let (follows, dirty) = scan_after(path, segment_size_bytes, e.lsn)?;
+                            if follows {
+                                return Err(Error::Corrupt {
+                                    lsn: e.lsn,
+                                    file: path.clone(),
+                                    detail: "zeroed bytes where a record should be, with intact records after them"
+                                        .into(),
+                                });
+                            }
+                            if dirty {
+                                // Leftovers of a torn write after the end: cut so a later
+                                // recovery never mistakes them for records.
+                                return Ok(WalEnd {
+                                    end_lsn: e.lsn,
+                                    prev_lsn: decoder.prev_lsn(),
+                                    torn: Some((
+                                        e.lsn,
+                                        path.clone(),
+                                        "non-zero bytes after the end of the WAL".into(),
+                                    )),
+                                });
+                            }
+                        }
                         return Ok(WalEnd { end_lsn: e.lsn, prev_lsn: decoder.prev_lsn(), torn: None });
                     }
                     Err(e) => {
@@ -134,7 +160,7 @@ pub fn scan_wal(
                                     | DecodeErrorKind::BadLength
                                     | DecodeErrorKind::BadBody
                             )
-                            && !chain_continues_after(path, segment_size_bytes, e.lsn)?;
+                            && !scan_after(path, segment_size_bytes, e.lsn)?.0;
                         if torn {
                             return Ok(WalEnd {
                                 end_lsn: e.lsn,
@@ -181,25 +207,29 @@ fn read_full(file: &mut std::fs::File, buf: &mut [u8]) -> std::io::Result<usize>
     Ok(n)
 }
 
-/// Whether any valid record lies after the bad one at `bad` in its segment. A torn write leaves
-/// only garbage and zeros after the tear; a flipped byte inside an old record (even in its length
-/// field) leaves intact records after it, and that is corruption, never a tail to cut. Runs only
-/// on the error path, so it may read the whole segment.
-fn chain_continues_after(path: &Path, segment_size_bytes: u64, bad: Lsn) -> Result<bool> {
+/// What lies after `bad` in its segment: whether any valid record does (a torn write leaves
+/// only garbage and zeros after the tear; a flipped or zeroed byte inside old records leaves
+/// intact records after it, and that is corruption, never a tail to cut), and whether any
+/// non-zero byte does. Runs only at recovery, so it may read the whole segment.
+fn scan_after(path: &Path, segment_size_bytes: u64, bad: Lsn) -> Result<(bool, bool)> {
     let data =
         std::fs::read(path).map_err(|e| Error::io(format!("read WAL segment {}", path.display()), e))?;
-    let start = (bad.0 % segment_size_bytes) as usize + 1;
-    let mut off = start;
+    let start = ((bad.0 % segment_size_bytes) as usize).min(data.len());
+    let dirty = data[start..].iter().any(|&b| b != 0);
+    if !dirty {
+        return Ok((false, false));
+    }
+    let mut off = start + 1;
     while off + RECORD_HEADER_LEN <= data.len() {
         let len = u32::from_le_bytes(data[off..off + 4].try_into().expect("4 bytes")) as usize;
         if (RECORD_HEADER_LEN..=RECORD_LEN_MAX).contains(&len) && off + len <= data.len() {
             let rec = &data[off..off + len];
             let crc = u32::from_le_bytes(rec[4..8].try_into().expect("4 bytes"));
             if crc32c::crc32c(&rec[8..]) == crc {
-                return Ok(true);
+                return Ok((true, true));
             }
         }
         off += 1;
     }
-    Ok(false)
+    Ok((false, true))
 }

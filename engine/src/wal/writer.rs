@@ -101,6 +101,16 @@ struct Prepared {
     thread: std::thread::JoinHandle<Result<File>>,
 }
 
+impl Drop for WalWriter {
+    fn drop(&mut self) {
+        // Finish the background preparation before the directory lock can be released, so a
+        // later writer on the same directory never races it for the temporary file.
+        if let Some(p) = self.prepared.take() {
+            let _ = p.thread.join();
+        }
+    }
+}
+
 /// The appender.
 ///
 /// Invariants:
@@ -197,7 +207,9 @@ impl WalWriter {
     /// Where the next record will start if it is `len` bytes long (header included).
     pub fn next_record_lsn(&self, len: usize) -> Lsn {
         let offset = self.insert_lsn.0 % self.segment_size_bytes;
-        if offset + len as u64 > self.segment_size_bytes {
+        // `>=`: a record never ends exactly at a segment's end, so the insert position always
+        // stays inside the current segment and the next append switches when it must.
+        if offset + len as u64 >= self.segment_size_bytes {
             first_record_lsn(self.segment_no + 1, self.segment_size_bytes)
         } else {
             self.insert_lsn
@@ -365,6 +377,8 @@ impl WalWriter {
 /// there: zero-fills the rest of that segment and removes every later segment, so the next
 /// record written at `at` is the end of the WAL.
 pub fn truncate_wal(dir: &Path, timeline: Timeline, segment_size_bytes: u64, at: Lsn) -> Result<()> {
+    // A cut at a segment boundary keeps the next segment's header.
+    let at = if at.0.is_multiple_of(segment_size_bytes) { at.add(SEGMENT_HEADER_LEN as u64) } else { at };
     let segment_no = segment_of(at, segment_size_bytes);
     let path = dir.join(segment_file_name(timeline, segment_no));
     let io = |e| Error::io(format!("truncate WAL segment {} at {at}", path.display()), e);

@@ -57,7 +57,7 @@ pub fn writes(
     }
     let mut tables = BTreeMap::new();
     tables.insert(def.id, TableWrites { def: Arc::clone(def), rows: map });
-    WriteSet { snapshot_lsn: snapshot, ddl: vec![], rows: tables }
+    WriteSet { snapshot_lsn: snapshot, ddl: vec![], rows: tables, view: None }
 }
 
 /// All (id, balance) rows of accounts as of the newest state.

@@ -199,7 +199,8 @@ fn records_that_would_end_exactly_at_a_segment_boundary_are_read_back_in_order()
     let seg = 1024 * 1024u64;
     let (system_id, tl) = (7u64, hindsight_protocol::Timeline(1));
     create_segment(dir.path(), system_id, tl, seg, 0).unwrap();
-    let mut w = WalWriter::open(dir.path(), system_id, tl, seg, first_record_lsn(0, seg), Lsn::ZERO, false).unwrap();
+    let mut w =
+        WalWriter::open(dir.path(), system_id, tl, seg, first_record_lsn(0, seg), Lsn::ZERO, false).unwrap();
     let mut names = Vec::new();
     let mut exact_fits = 0;
     // Fill three segments; whenever a restore-point record can end exactly at the segment end,

@@ -17,6 +17,7 @@ use std::sync::Arc;
 
 use anyhow::{bail, Context};
 use hindsight_primary::client::{Client, ConnectOptions};
+use hindsight_primary::ready::ReadyLine;
 
 use crate::render::Format;
 use crate::shell::{Outcome, Shell};
@@ -310,11 +311,9 @@ impl Primary {
             .lines
             .recv_timeout(PRIMARY_READY_TIMEOUT)
             .context("wait for the primary to start (see its log)")?;
-        let addr = line
-            .strip_prefix("hindsight primary listening on ")
-            .and_then(|rest| rest.split_whitespace().next())
-            .with_context(|| format!("read the primary's ready line {line:?}"))?;
-        Ok(addr.to_string())
+        let ready =
+            ReadyLine::parse(&line).with_context(|| format!("read the primary's ready line {line:?}"))?;
+        Ok(ready.addr)
     }
 
     /// SIGKILL: the process gets no chance to flush or clean up.

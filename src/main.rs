@@ -20,6 +20,7 @@ use std::process::ExitCode;
 
 use anyhow::Context;
 use clap::{Args, Parser, Subcommand, ValueEnum};
+use hindsight_primary::ready::ReadyLine;
 use hindsight_primary::{Server, ServerConfig};
 
 /// Exit status of a subcommand that a later milestone brings.
@@ -320,15 +321,9 @@ async fn serve(data: &Path, config: ServerConfig) -> anyhow::Result<()> {
         .with_context(|| format!("start the primary on {}", data.display()))?;
     {
         let mut stdout = std::io::stdout().lock();
-        writeln!(
-            stdout,
-            "hindsight primary listening on {} (system id {:016X}, data {})",
-            handle.local_addr(),
-            handle.system_id(),
-            data.display()
-        )
-        .and_then(|()| stdout.flush())
-        .context("print the ready line")?;
+        writeln!(stdout, "{}", ReadyLine::new(handle.local_addr(), handle.system_id(), data))
+            .and_then(|()| stdout.flush())
+            .context("print the ready line")?;
     }
     let signal_name = tokio::select! {
         _ = terminate.recv() => "SIGTERM",

@@ -30,7 +30,6 @@ const SERVER_STOP_TIMEOUT: Duration = Duration::from_secs(30);
 /// The most concurrent client connections one run opens.
 pub const CLIENTS_MAX: usize = 256;
 /// The line the server prints on stdout when it is ready, followed by the address.
-const LISTENING_PREFIX: &str = "hindsight primary listening on ";
 /// Lines of the server's log quoted in an error.
 const LOG_TAIL_LINES: usize = 20;
 /// The file in the data directory holding the admin secret (`hindsight_primary::auth`).
@@ -415,15 +414,15 @@ fn wait_for_listening(stdout: ChildStdout) -> Result<SocketAddr> {
     match rx.recv_timeout(SERVER_START_TIMEOUT) {
         Ok(Ok(addr)) => Ok(addr),
         Ok(Err(())) => {
-            bail!("the hindsight server exited before printing its `{}…` line", LISTENING_PREFIX.trim())
+            bail!("the hindsight server exited before printing its ready line")
         }
         Err(_) => bail!("the hindsight server did not start listening within {SERVER_START_TIMEOUT:?}"),
     }
 }
 
-/// The address in `hindsight primary listening on <addr> (system id …, data DIR)`.
+/// The address in the primary's ready line.
 fn parse_listening_line(line: &str) -> Option<SocketAddr> {
-    line.strip_prefix(LISTENING_PREFIX)?.split_whitespace().next()?.parse().ok()
+    hindsight_primary::ready::ReadyLine::parse(line)?.addr.parse().ok()
 }
 
 #[cfg(test)]
@@ -435,7 +434,7 @@ mod tests {
     fn parses_the_listening_line() {
         assert_eq!(
             parse_listening_line(
-                "hindsight primary listening on 127.0.0.1:40123 (system id 0123ABCD, data /tmp/x)"
+                "hindsight primary listening on 127.0.0.1:40123 (system id 000000000123ABCD, data /tmp/x)"
             ),
             Some("127.0.0.1:40123".parse().unwrap())
         );

@@ -33,6 +33,7 @@ pub mod client;
 pub mod config;
 mod connection;
 mod error;
+pub mod ready;
 pub mod server;
 
 pub use auth::Role;

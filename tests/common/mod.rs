@@ -192,19 +192,12 @@ fn signal(pid: u32, signal: libc::c_int) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Parses `hindsight primary listening on ADDR (system id HEX, data DIR)`.
+/// Parses the primary's ready line and checks it names `data`.
 pub fn parse_ready_line(line: &str, data: &Path) -> anyhow::Result<(String, u64)> {
-    let rest = line
-        .strip_prefix("hindsight primary listening on ")
+    let ready = hindsight_primary::ready::ReadyLine::parse(line)
         .with_context(|| format!("unexpected ready line {line:?}"))?;
-    let (addr, rest) =
-        rest.split_once(" (system id ").with_context(|| format!("no system id in {line:?}"))?;
-    let (system_id, rest) = rest.split_once(", data ").with_context(|| format!("no data dir in {line:?}"))?;
-    anyhow::ensure!(system_id.len() == 16, "system id {system_id:?} is not 16 hex digits");
-    let system_id =
-        u64::from_str_radix(system_id, 16).with_context(|| format!("parse system id {system_id}"))?;
-    anyhow::ensure!(rest == format!("{})", data.display()), "ready line names another directory: {line:?}");
-    Ok((addr.to_string(), system_id))
+    anyhow::ensure!(ready.data == data.display().to_string(), "ready line names another directory: {line:?}");
+    Ok((ready.addr, ready.system_id))
 }
 
 /// Runs `hindsight shell ADDR ARGS…` with `password` in `HINDSIGHT_PASSWORD`, with a deadline.

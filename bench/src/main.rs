@@ -77,7 +77,7 @@ enum Workload {
         /// Parent directory for the data directories (default: the system temp dir).
         #[arg(long)]
         dir: Option<PathBuf>,
-        /// Opens timed per recovery figure (median for recovery_s, fastest for replay).
+        /// Opens timed per recovery figure (medians for recovery_s and replay).
         #[arg(long, default_value_t = RECOVERY_RUNS_DEFAULT)]
         recovery_runs: usize,
     },

@@ -900,7 +900,8 @@ impl Committer {
 
     /// Checks a write set against everything committed after its snapshot.
     fn validate(&self, ws: &WriteSet) -> Result<()> {
-        let mut catalog = (*self.store.newest_catalog()).clone();
+        // Shared, not copied: only DDL (rare) builds a new catalog to check later ops against.
+        let mut catalog = self.store.newest_catalog();
         let mut fresh: Vec<TableId> = Vec::new();
         for op in &ws.ddl {
             use crate::wal::record::DdlOp;
@@ -913,7 +914,7 @@ impl Committer {
                         )));
                     }
                     fresh.push(def.id);
-                    catalog = catalog.with(Arc::new(def.clone()));
+                    catalog = Arc::new(catalog.with(Arc::new(def.clone())));
                 }
                 DdlOp::Drop { id, name } => {
                     if catalog.get(name).map(|d| d.id) != Some(*id) {
@@ -921,7 +922,7 @@ impl Committer {
                             "table \"{name}\" was dropped or changed by a concurrent transaction"
                         )));
                     }
-                    catalog = catalog.without(name);
+                    catalog = Arc::new(catalog.without(name));
                 }
                 DdlOp::Truncate { old_id, new_id, name } => {
                     let Some(def) = catalog.get(name).filter(|d| d.id == *old_id).cloned() else {
@@ -930,8 +931,9 @@ impl Committer {
                         )));
                     };
                     fresh.push(*new_id);
-                    catalog =
-                        catalog.with(Arc::new(crate::schema::TableDef { id: *new_id, ..(*def).clone() }));
+                    catalog = Arc::new(
+                        catalog.with(Arc::new(crate::schema::TableDef { id: *new_id, ..(*def).clone() })),
+                    );
                 }
             }
         }
@@ -1157,10 +1159,9 @@ impl Committer {
         });
         if let Err(e) = spawned {
             self.checkpoint_running = false;
-            let e = Error::io("start the snapshot thread", e);
             for w in self.checkpoint_waiters.drain(..) {
-                let _ =
-                    w.send(Err(Error::Io { context: e.to_string(), source: std::io::Error::other("spawn") }));
+                let source = std::io::Error::new(e.kind(), e.to_string());
+                let _ = w.send(Err(Error::io("start the snapshot thread", source)));
             }
         }
     }

@@ -131,7 +131,6 @@ pub struct WalWriter {
     prev_lsn: Lsn,
     flushed_lsn: Lsn,
     failed: Option<String>,
-    bytes_since_sync: u64,
     /// The next segment, prepared in the background so a switch does not wait for 16 MiB of
     /// zeros to reach the disk.
     prepared: Option<Prepared>,
@@ -184,7 +183,6 @@ impl WalWriter {
             prev_lsn,
             flushed_lsn: end,
             failed: None,
-            bytes_since_sync: 0,
             prepared: None,
         })
         .map(|mut w| {
@@ -236,11 +234,6 @@ impl WalWriter {
         self.timeline
     }
 
-    /// WAL bytes appended since the last checkpoint reset.
-    pub fn bytes_since_sync(&self) -> u64 {
-        self.bytes_since_sync
-    }
-
     fn check(&self) -> Result<()> {
         match &self.failed {
             Some(why) => Err(Error::Poisoned(why.clone())),
@@ -269,7 +262,6 @@ impl WalWriter {
         frame_record(self.prev_lsn, kind, body, &mut self.buf);
         self.insert_lsn = start.add(len as u64);
         self.prev_lsn = start;
-        self.bytes_since_sync += len as u64;
         if self.buf.len() >= WRITE_BUFFER_BYTES {
             self.write_out()?;
         }

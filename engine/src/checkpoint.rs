@@ -116,11 +116,23 @@ impl<W: Write> BlockWriter<W> {
 
 /// Writes the state seen by `view` to `dir/<name>`: to a temporary name, fsynced, then renamed.
 pub fn write_snapshot(dir: &Path, view: &ReadView, meta: SnapshotMeta) -> Result<SnapshotWritten> {
-    assert_eq!(view.lsn(), meta.lsn, "snapshot metadata must describe the view's Lsn");
     let path = dir.join(snapshot_file_name(meta.lsn));
     let tmp = dir.join(format!("{}.tmp", snapshot_file_name(meta.lsn)));
     let io = |e| Error::io(format!("write snapshot {}", path.display()), e);
     let file = OpenOptions::new().write(true).create(true).truncate(true).open(&tmp).map_err(io)?;
+    let (out, bytes, total_rows) = encode_snapshot(BufWriter::with_capacity(1 << 20, file), view, meta).map_err(io)?;
+    let file = out.into_inner().map_err(|e| io(e.into_error()))?;
+    file.sync_all().map_err(io)?;
+    std::fs::rename(&tmp, &path).map_err(io)?;
+    sync_dir(dir)?;
+    Ok(SnapshotWritten { meta, path, bytes, rows: total_rows })
+}
+
+/// Writes the snapshot of `view` to `out` in the snapshot file format (a base backup streams it
+/// to a replica this way); returns `out`, the bytes written and the rows.
+pub fn encode_snapshot<W: Write>(out: W, view: &ReadView, meta: SnapshotMeta) -> std::io::Result<(W, u64, u64)> {
+    assert_eq!(view.lsn(), meta.lsn, "snapshot metadata must describe the view's Lsn");
+    let io = |e| e;
     let mut header = Vec::with_capacity(SNAPSHOT_HEADER_LEN);
     header.extend_from_slice(&meta.system_id.to_le_bytes());
     header.extend_from_slice(&meta.timeline.0.to_le_bytes());
@@ -131,7 +143,7 @@ pub fn write_snapshot(dir: &Path, view: &ReadView, meta: SnapshotMeta) -> Result
     header.extend_from_slice(&meta.digest.to_le_bytes());
     header.extend_from_slice(&meta.next_table_id.to_le_bytes());
     assert_eq!(header.len(), SNAPSHOT_HEADER_LEN);
-    let mut w = BlockWriter { out: BufWriter::with_capacity(1 << 20, file), payload: Vec::new(), bytes: 0 };
+    let mut w = BlockWriter { out, payload: Vec::new(), bytes: 0 };
     let mut prefix = Vec::new();
     prefix.extend_from_slice(SNAPSHOT_MAGIC);
     prefix.extend_from_slice(&(SNAPSHOT_HEADER_LEN as u32).to_le_bytes());
@@ -148,7 +160,7 @@ pub fn write_snapshot(dir: &Path, view: &ReadView, meta: SnapshotMeta) -> Result
         // Rows go in runs: | 2 | table_id | n | rows |, n patched when the run ends.
         let mut run: Vec<u8> = Vec::new();
         let mut n = 0u64;
-        let emit = |w: &mut BlockWriter<BufWriter<File>>, run: &mut Vec<u8>, n: &mut u64| {
+        let emit = |w: &mut BlockWriter<W>, run: &mut Vec<u8>, n: &mut u64| {
             if *n == 0 {
                 return Ok(());
             }
@@ -181,12 +193,8 @@ pub fn write_snapshot(dir: &Path, view: &ReadView, meta: SnapshotMeta) -> Result
     w.payload.push(3);
     w.payload.extend_from_slice(&total_rows.to_le_bytes());
     w.flush_block().map_err(io)?;
-    let bytes = w.bytes;
-    let file = w.out.into_inner().map_err(|e| io(e.into_error()))?;
-    file.sync_all().map_err(io)?;
-    std::fs::rename(&tmp, &path).map_err(io)?;
-    sync_dir(dir)?;
-    Ok(SnapshotWritten { meta, path, bytes, rows: total_rows })
+    w.out.flush()?;
+    Ok((w.out, w.bytes, total_rows))
 }
 
 /// Loads a snapshot into an empty store, checking every block checksum and, at the end, the

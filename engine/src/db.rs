@@ -31,6 +31,8 @@ use crate::wal::record::{
 use crate::wal::segment::{
     first_record_lsn, segment_file_name, segment_of, valid_segment_size, SEGMENT_SIZE_DEFAULT,
 };
+use crate::wal::decoder::Decoder;
+use crate::wal::holds::{HoldError, WalHold, WalHolds};
 use crate::wal::writer::{create_segment, sync_dir, truncate_wal, WalWriter};
 use crossbeam_channel::{bounded, Receiver, RecvTimeoutError, Sender};
 use hindsight_protocol::{Lsn, Timeline, TxId};
@@ -52,6 +54,8 @@ pub const GROUP_COMMIT_MAX: usize = 512;
 /// for about n commits to queue, so writers that would fall into alternating half-size groups
 /// share one fsync instead (PostgreSQL's `commit_delay`, made adaptive).
 pub const COMMIT_DELAY: Duration = Duration::from_micros(100);
+/// WAL slices waiting for a replica's committer (each at most a replication frame, 1 MiB).
+pub const WAL_QUEUE_MAX: usize = 64;
 /// Payload bytes per chunk record of a large transaction.
 const CHUNK_TARGET_BYTES: usize = RECORD_LEN_MAX - 4096;
 
@@ -69,6 +73,9 @@ pub struct Config {
     pub checkpoint_interval: Duration,
     /// Keep old row versions this long (commit time), for reads in the past.
     pub version_retention: Duration,
+    /// The most WAL a replication slot or a connected standby may hold back (bytes behind the
+    /// insert position) before its hold is invalidated; `None` for no limit.
+    pub max_slot_wal_keep_bytes: Option<u64>,
 }
 
 impl Default for Config {
@@ -79,6 +86,7 @@ impl Default for Config {
             checkpoint_wal_bytes: 256 * 1024 * 1024,
             checkpoint_interval: Duration::from_secs(300),
             version_retention: Duration::ZERO,
+            max_slot_wal_keep_bytes: None,
         }
     }
 }
@@ -94,8 +102,13 @@ pub struct Status {
     pub timeline: Timeline,
     /// Everything up to here is committed, durable and visible.
     pub visible_lsn: Lsn,
-    /// The WAL insert position (may be ahead of visible while a flush is in progress).
+    /// The WAL insert position (may be ahead of visible while a flush is in progress). On a
+    /// replica: the end of the WAL written to its segments.
     pub insert_lsn: Lsn,
+    /// The end of the WAL made durable (on a replica, possibly inside a record).
+    pub flushed_lsn: Lsn,
+    /// Why a replica stopped replaying, if it did.
+    pub replay_error: Option<String>,
     /// The newest committed transaction.
     pub last_txid: TxId,
     /// Its commit time.
@@ -148,8 +161,16 @@ struct Published {
     digest: u64,
 }
 
+/// Called with the new visible Lsn after every publish, on the flusher thread: it must not block.
+pub type PublishHook = Arc<dyn Fn(Lsn) + Send + Sync>;
+
 struct Shared {
     published: Mutex<Published>,
+    flushed_lsn: AtomicU64,
+    publish_hook: parking_lot::RwLock<Option<PublishHook>>,
+    holds: WalHolds,
+    /// Set when a replica's committer stopped on bad WAL.
+    replay_error: Mutex<Option<String>>,
     wal_syncs: AtomicU64,
     wal_sync_us: AtomicU64,
     commits: AtomicU64,
@@ -183,6 +204,8 @@ impl Ack {
 struct Group {
     /// The state after the group's last record.
     state: Published,
+    /// The end of the WAL bytes written (past `state.lsn` on a replica mid-record).
+    written: Lsn,
     acks: Vec<Ack>,
 }
 
@@ -231,7 +254,7 @@ impl Flusher {
                         }
                     }
                 }
-                let target = q.groups.back().expect("not empty").state.lsn;
+                let target = q.groups.back().expect("not empty").written;
                 (q.file.clone().expect("a group comes with its file"), target)
             };
             let started = Instant::now();
@@ -251,19 +274,26 @@ impl Flusher {
             }
             let mut acks = Vec::new();
             let mut last = None;
-            while q.groups.front().is_some_and(|g| g.state.lsn <= target) {
+            while q.groups.front().is_some_and(|g| g.written <= target) {
                 let g = q.groups.pop_front().expect("front exists");
                 last = Some(g.state);
                 acks.extend(g.acks);
             }
-            if let Some(state) = last {
+            shared.flushed_lsn.fetch_max(target.0, Ordering::AcqRel);
+            let published_lsn = last.map(|state| {
                 let mut published = shared.published.lock();
                 store.publish(state.lsn, state.commit_time_us);
                 *published = state;
-                q.flushed = Some(state.lsn);
-            }
+                q.flushed = Some(target);
+                state.lsn
+            });
             drop(q);
             self.done.notify_all();
+            if let Some(lsn) = published_lsn {
+                if let Some(hook) = shared.publish_hook.read().as_ref() {
+                    hook(lsn);
+                }
+            }
             last_acked = acks.len();
             shared.commits.fetch_add(acks.len() as u64, Ordering::Relaxed);
             acks.into_iter().for_each(Ack::succeed);
@@ -273,6 +303,8 @@ impl Flusher {
 
 enum Request {
     Commit(WriteSet, Sender<Result<CommitInfo>>),
+    /// A replica's input: WAL bytes at their Lsn.
+    Wal(Lsn, Vec<u8>),
     RestorePoint(String, Sender<Result<Lsn>>),
     Checkpoint(Sender<Result<Lsn>>),
     CheckpointDone(Result<SnapshotWritten>),
@@ -284,6 +316,8 @@ pub struct Database {
     store: Arc<Store>,
     shared: Arc<Shared>,
     tx: Sender<Request>,
+    wal_tx: Sender<(Lsn, Vec<u8>)>,
+    standby: bool,
     committer: Mutex<Option<JoinHandle<()>>>,
     system_id: u64,
     timeline: Timeline,
@@ -321,6 +355,25 @@ impl Database {
     /// Opens the data directory `dir`, initialising it when it is empty or missing, and runs
     /// crash recovery: newest snapshot + WAL replay, torn tail cut with a warning.
     pub fn open(dir: &Path, config: Config) -> Result<Arc<Database>> {
+        Database::open_mode(dir, config, false)
+    }
+
+    /// Opens an initialised data directory as a replica (a standby): crash recovery as for a
+    /// primary, then the committer takes WAL bytes from [`Database::apply_wal`] instead of
+    /// write sets, writes them to its own segments at the same Lsns, and replays them. Writes
+    /// are refused with `read_only`. The directory must exist with a control file (made by
+    /// [`crate::backup::install_base_backup`]).
+    pub fn open_standby(dir: &Path, config: Config) -> Result<Arc<Database>> {
+        if !dir.join("control").exists() {
+            return Err(Error::Mismatch(format!(
+                "{} has no control file: a replica's data directory is made from a base backup",
+                dir.display()
+            )));
+        }
+        Database::open_mode(dir, config, true)
+    }
+
+    fn open_mode(dir: &Path, config: Config, standby: bool) -> Result<Arc<Database>> {
         let started = Instant::now();
         std::fs::create_dir_all(dir)
             .map_err(|e| Error::io(format!("create data directory {}", dir.display()), e))?;
@@ -404,6 +457,15 @@ impl Database {
         let txid = replayer.last_txid();
         let time = replayer.last_commit_time_us();
         store.publish(wal_end, time);
+        let oldest_lsn = list_segments(&wal_dir)?
+            .iter()
+            .filter(|(tl, _, _)| *tl == control.timeline)
+            .map(|(_, no, _)| Lsn(no * seg))
+            .min()
+            .unwrap_or(wal_end);
+        let standby_state = standby.then(|| Standby {
+            decoder: Decoder::new(writer.insert_lsn(), Some(prev), seg, control.system_id),
+        });
         let shared = Arc::new(Shared {
             published: Mutex::new(Published {
                 lsn: wal_end,
@@ -413,6 +475,10 @@ impl Database {
                 digest: store.digest(),
             }),
             insert_lsn: AtomicU64::new(writer.insert_lsn().0),
+            flushed_lsn: AtomicU64::new(writer.insert_lsn().0),
+            publish_hook: parking_lot::RwLock::new(None),
+            holds: WalHolds::new(oldest_lsn, config.max_slot_wal_keep_bytes),
+            replay_error: Mutex::new(None),
             wal_syncs: AtomicU64::new(0),
             wal_sync_us: AtomicU64::new(0),
             commits: AtomicU64::new(0),
@@ -424,7 +490,12 @@ impl Database {
             elapsed_ms = report.elapsed.as_millis() as u64, "database open"
         );
         let (tx, rx) = bounded(COMMIT_QUEUE_MAX);
+        let (wal_tx, wal_rx) = bounded(WAL_QUEUE_MAX);
+        let enqueued_written = writer.insert_lsn();
         let committer = Committer {
+            standby: standby_state,
+            wal_rx,
+            enqueued_written,
             store: Arc::clone(&store),
             replayer,
             writer,
@@ -457,6 +528,8 @@ impl Database {
             store,
             shared,
             tx,
+            wal_tx,
+            standby,
             committer: Mutex::new(Some(handle)),
             system_id: control.system_id,
             timeline: control.timeline,
@@ -517,6 +590,9 @@ impl Database {
     /// A write–write conflict fails with `serialization_failure` and changes nothing. An empty
     /// write set logs nothing and reports the newest committed transaction.
     pub fn commit(&self, ws: WriteSet) -> Result<CommitInfo> {
+        if self.standby && !ws.is_empty() {
+            return Err(Error::Sql(crate::sql::read_only_error("COMMIT")));
+        }
         if ws.is_empty() {
             let p = *self.shared.published.lock();
             return Ok(CommitInfo { txid: p.txid, lsn: p.lsn, commit_time_us: p.commit_time_us });
@@ -542,12 +618,85 @@ impl Database {
                 format!("restore point name must be 1 to {RESTORE_POINT_NAME_MAX} bytes"),
             )));
         }
+        if self.standby {
+            return Err(Error::Sql(crate::sql::read_only_error("CREATE RESTORE POINT")));
+        }
         self.request(|reply| Request::RestorePoint(name.to_string(), reply))
     }
 
     /// Whether the database refuses writes (a replica).
     pub fn is_read_only(&self) -> bool {
-        false
+        self.standby
+    }
+
+    /// A replica's input: the WAL bytes starting at `start`, which must be where the previous
+    /// slice ended (at first, [`Status::insert_lsn`]). Queued for the committer, which writes,
+    /// flushes, replays and publishes them; blocks while [`WAL_QUEUE_MAX`] slices wait. Fails
+    /// once replay has stopped on bad WAL (the reason is in [`Status::replay_error`]).
+    pub fn apply_wal(&self, start: Lsn, bytes: Vec<u8>) -> Result<()> {
+        assert!(self.standby, "apply_wal on a primary");
+        if let Some(why) = self.shared.replay_error.lock().clone() {
+            return Err(Error::Poisoned(why));
+        }
+        self.wal_tx.send((start, bytes)).map_err(|_| Error::Shutdown)
+    }
+
+    /// Installs the function called after every publish with the new visible Lsn (WAL senders
+    /// wake on it; lag is timed from it). Replaces any earlier hook.
+    pub fn set_publish_hook(&self, hook: PublishHook) {
+        *self.shared.publish_hook.write() = Some(hook);
+    }
+
+    /// Keeps the WAL from `lsn` on until the hold is moved or released (see [`WalHolds`]);
+    /// `capped` holds are invalidated past `max_slot_wal_keep_bytes`.
+    pub fn hold_wal(&self, name: &str, lsn: Lsn, capped: bool) -> std::result::Result<(), HoldError> {
+        self.shared.holds.hold(name, lsn, capped)
+    }
+
+    /// Releases a WAL hold.
+    pub fn release_wal(&self, name: &str) {
+        self.shared.holds.release(name)
+    }
+
+    /// One WAL hold.
+    pub fn wal_hold(&self, name: &str) -> Option<WalHold> {
+        self.shared.holds.get(name)
+    }
+
+    /// Every WAL hold.
+    pub fn wal_holds(&self) -> Vec<WalHold> {
+        self.shared.holds.list()
+    }
+
+    /// The start of the oldest WAL segment on disk.
+    pub fn oldest_wal_lsn(&self) -> Lsn {
+        self.shared.holds.oldest_lsn()
+    }
+
+    /// The end of the WAL that is durable here: what a WAL sender may send.
+    pub fn flushed_lsn(&self) -> Lsn {
+        if self.standby {
+            Lsn(self.shared.flushed_lsn.load(Ordering::Acquire))
+        } else {
+            self.shared.published.lock().lsn
+        }
+    }
+
+    /// The published state (visible Lsn, the record before it, newest transaction, its commit
+    /// time, digest) and a read view at exactly that Lsn.
+    pub(crate) fn published_with_view(&self) -> (Lsn, Lsn, TxId, i64, u64, ReadView) {
+        // The flusher changes the published state and the visible Lsn together under this lock.
+        let published = self.shared.published.lock();
+        let p = *published;
+        let view = self.store.read_view();
+        drop(published);
+        assert_eq!(view.lsn(), p.lsn, "published state and visible Lsn agree");
+        (p.lsn, p.prev_lsn, p.txid, p.commit_time_us, p.digest, view)
+    }
+
+    /// The current timeline.
+    pub fn timeline(&self) -> Timeline {
+        self.timeline
     }
 
     /// The current status.
@@ -555,7 +704,9 @@ impl Database {
         let p = *self.shared.published.lock();
         let stats = self.store.stats();
         Status {
-            role: "primary",
+            role: if self.standby { "replica" } else { "primary" },
+            flushed_lsn: if self.standby { Lsn(self.shared.flushed_lsn.load(Ordering::Acquire)) } else { p.lsn },
+            replay_error: self.shared.replay_error.lock().clone(),
             system_id: self.system_id,
             timeline: self.timeline,
             visible_lsn: p.lsn,
@@ -692,8 +843,20 @@ fn init_dir(dir: &Path, config: &Config) -> Result<()> {
     Ok(())
 }
 
-/// The committer: owns the WAL writer and every store mutation.
+/// A replica committer's input side.
+struct Standby {
+    /// Decodes the WAL bytes written, from the replay position on.
+    decoder: Decoder,
+}
+
+/// The committer: owns the WAL writer and every store mutation. On a replica it takes WAL
+/// bytes instead of write sets: it writes them at their Lsns, replays every complete record and
+/// hands the result to the flusher, which makes it durable and then visible.
 struct Committer {
+    standby: Option<Standby>,
+    wal_rx: Receiver<(Lsn, Vec<u8>)>,
+    /// The end of the WAL bytes handed to the flusher.
+    enqueued_written: Lsn,
     store: Arc<Store>,
     replayer: Replayer,
     writer: WalWriter,
@@ -738,7 +901,13 @@ impl Committer {
         let mut batch = Vec::with_capacity(GROUP_COMMIT_MAX);
         loop {
             let wait = self.config.checkpoint_interval.saturating_sub(self.last_checkpoint.elapsed());
-            let first = match self.rx.recv_timeout(wait.max(Duration::from_millis(10))) {
+            let first = crossbeam_channel::select! {
+                recv(self.rx) -> r => r.map_err(|_| RecvTimeoutError::Disconnected),
+                recv(self.wal_rx) -> r => r.map(|(lsn, bytes)| Request::Wal(lsn, bytes))
+                    .map_err(|_| RecvTimeoutError::Disconnected),
+                default(wait.max(Duration::from_millis(10))) => Err(RecvTimeoutError::Timeout),
+            };
+            let first = match first {
                 Ok(r) => r,
                 Err(RecvTimeoutError::Timeout) => {
                     self.maybe_checkpoint(false);
@@ -750,7 +919,10 @@ impl Committer {
             while batch.len() < GROUP_COMMIT_MAX {
                 match self.rx.try_recv() {
                     Ok(r) => batch.push(r),
-                    Err(_) => break,
+                    Err(_) => match self.wal_rx.try_recv() {
+                        Ok((lsn, bytes)) => batch.push(Request::Wal(lsn, bytes)),
+                        Err(_) => break,
+                    },
                 }
             }
             let stop = self.process(&mut batch);
@@ -798,6 +970,13 @@ impl Committer {
                     want_checkpoint = true;
                 }
                 Request::CheckpointDone(result) => self.finish_checkpoint(result),
+                Request::Wal(lsn, bytes) => {
+                    if let Err(e) = self.ingest(lsn, &bytes) {
+                        tracing::error!(error = %e, lsn = %lsn, "replay stopped");
+                        self.shared.replay_error.lock().get_or_insert_with(|| e.to_string());
+                        self.poison(&e);
+                    }
+                }
                 Request::Shutdown => stop = true,
             }
         }
@@ -811,7 +990,7 @@ impl Committer {
     /// Writes what was appended to the page cache and queues it, with its acknowledgements,
     /// for the flusher's next fdatasync. Does not wait.
     fn hand_to_flusher(&mut self, acks: Vec<Ack>) {
-        if acks.is_empty() && self.writer.insert_lsn() == self.enqueued {
+        if acks.is_empty() && self.writer.insert_lsn() == self.enqueued_written {
             return;
         }
         if let Err(e) = self.check_poisoned().and_then(|()| self.writer.write_out()) {
@@ -820,15 +999,23 @@ impl Committer {
             acks.into_iter().for_each(|a| a.fail(&why));
             return;
         }
+        let (lsn, prev_lsn) = if self.standby.is_some() {
+            let (end, prev) = self.replayer.complete_end();
+            (end, prev.unwrap_or(self.shared.published.lock().prev_lsn))
+        } else {
+            (self.writer.insert_lsn(), self.writer.prev_lsn())
+        };
         let state = Published {
-            lsn: self.writer.insert_lsn(),
-            prev_lsn: self.writer.prev_lsn(),
+            lsn,
+            prev_lsn,
             txid: self.replayer.last_txid(),
             commit_time_us: self.replayer.last_commit_time_us(),
             digest: self.store.digest(),
         };
+        let written = self.writer.insert_lsn();
         self.enqueued = state.lsn;
-        self.shared.insert_lsn.store(state.lsn.0, Ordering::Release);
+        self.enqueued_written = written;
+        self.shared.insert_lsn.store(written.0, Ordering::Release);
         let mut q = self.flusher.queue.lock();
         if let Some(why) = q.poisoned.clone() {
             drop(q);
@@ -836,7 +1023,7 @@ impl Committer {
             return;
         }
         q.file = Some(self.writer.file());
-        q.groups.push_back(Group { state, acks });
+        q.groups.push_back(Group { state, written, acks });
         drop(q);
         self.flusher.wake.notify_one();
     }
@@ -887,6 +1074,45 @@ impl Committer {
         self.flusher.done.notify_all();
         for g in groups {
             g.acks.into_iter().for_each(|a| a.fail(&why));
+        }
+    }
+
+    /// A replica's step: writes WAL bytes at their Lsn and replays every record they complete.
+    /// Nothing becomes visible until the flusher has made it durable.
+    fn ingest(&mut self, start: Lsn, bytes: &[u8]) -> Result<()> {
+        self.check_poisoned()?;
+        let standby = self.standby.as_mut().expect("WAL input only reaches a replica's committer");
+        self.writer.write_raw(start, bytes)?;
+        standby.decoder.feed(bytes);
+        loop {
+            match standby.decoder.next() {
+                Ok(Some(entry)) => {
+                    let lsn = entry.lsn;
+                    self.replayer.apply(entry).map_err(|e| match e {
+                        Error::Corrupt { detail, .. } => Error::Corrupt {
+                            lsn,
+                            file: self.dir.join("wal").join(segment_file_name(
+                                self.control.timeline,
+                                segment_of(lsn, self.control.segment_size_bytes),
+                            )),
+                            detail,
+                        },
+                        other => other,
+                    })?;
+                }
+                Ok(None) => return Ok(()),
+                Err(e) => {
+                    // Only durable WAL is streamed, so anything undecodable is corruption.
+                    return Err(Error::Corrupt {
+                        lsn: e.lsn,
+                        file: self.dir.join("wal").join(segment_file_name(
+                            self.control.timeline,
+                            segment_of(e.lsn, self.control.segment_size_bytes),
+                        )),
+                        detail: format!("in the replication stream: {}", e.detail),
+                    });
+                }
+            }
         }
     }
 
@@ -1194,8 +1420,11 @@ impl Committer {
         }
         self.control = control;
         self.shared.checkpoint_lsn.store(lsn.0, Ordering::Release);
-        if let Err(e) = self.append_simple(&Record::Checkpoint { snapshot_lsn: lsn, time_us: now_us() }) {
-            tracing::error!(error = %e, "could not log the checkpoint record");
+        // A replica's WAL is a copy of its upstream's: it logs nothing of its own.
+        if self.standby.is_none() {
+            if let Err(e) = self.append_simple(&Record::Checkpoint { snapshot_lsn: lsn, time_us: now_us() }) {
+                tracing::error!(error = %e, "could not log the checkpoint record");
+            }
         }
         self.remove_old_snapshots(lsn);
         self.remove_unneeded_wal();
@@ -1220,32 +1449,33 @@ impl Committer {
         }
     }
 
-    /// The oldest Lsn some consumer still needs WAL from. Today only crash recovery (the
-    /// newest snapshot); the archiver and replication slots will lower it.
-    fn wal_needed_from(&self) -> Lsn {
-        self.control.checkpoint_lsn
-    }
-
-    /// Removes WAL segments that end at or before [`Committer::wal_needed_from`]. The one place
-    /// WAL is deleted.
+    /// Removes WAL segments that end before the oldest Lsn some consumer still needs: crash
+    /// recovery (the newest snapshot) and every valid WAL hold (slots, standbys, backups). The
+    /// one place WAL is deleted.
     fn remove_unneeded_wal(&self) {
-        let keep = self.wal_needed_from();
         let seg = self.control.segment_size_bytes;
         let wal_dir = self.dir.join("wal");
-        let Ok(segments) = list_segments(&wal_dir) else { return };
-        let mut removed = false;
-        for (_, no, path) in segments {
-            if (no + 1) * seg < keep.0 {
-                match std::fs::remove_file(&path) {
-                    Ok(()) => removed = true,
-                    Err(e) => {
-                        tracing::warn!(file = %path.display(), error = %e, "could not remove a WAL segment")
+        let timeline = self.control.timeline;
+        self.shared.holds.remove_unneeded(self.writer.insert_lsn(), self.control.checkpoint_lsn, |keep| {
+            let Ok(segments) = list_segments(&wal_dir) else { return Lsn::ZERO };
+            let mut removed = false;
+            let mut oldest = u64::MAX;
+            for (tl, no, path) in segments {
+                if (no + 1) * seg < keep.0 {
+                    match std::fs::remove_file(&path) {
+                        Ok(()) => removed = true,
+                        Err(e) => {
+                            tracing::warn!(file = %path.display(), error = %e, "could not remove a WAL segment")
+                        }
                     }
+                } else if tl == timeline {
+                    oldest = oldest.min(no);
                 }
             }
-        }
-        if removed {
-            let _ = sync_dir(&wal_dir);
-        }
+            if removed {
+                let _ = sync_dir(&wal_dir);
+            }
+            if oldest == u64::MAX { Lsn::ZERO } else { Lsn(oldest * seg) }
+        });
     }
 }

@@ -16,6 +16,7 @@
 //! the store and publishes it. Data leaves as query results from read views, and as WAL bytes
 //! for replicas and the archive.
 
+pub mod backup;
 pub mod checkpoint;
 pub mod db;
 pub mod error;

@@ -41,6 +41,7 @@ use crate::value::{DataType, Value};
 pub use admin::{AdminStatement, ReplayTarget};
 pub use exec::SessionStats;
 pub use session::Session;
+pub(crate) use session::read_only_error;
 
 /// The longest SQL text one `execute` call accepts. Large because a million-row multi-row
 /// INSERT is a legitimate way to load data (about 35 MB for three short columns).

@@ -2,6 +2,7 @@
 //! the recovery reader.
 
 pub mod decoder;
+pub mod holds;
 pub mod reader;
 pub mod record;
 pub mod segment;

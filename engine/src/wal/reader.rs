@@ -233,3 +233,73 @@ fn scan_after(path: &Path, segment_size_bytes: u64, bad: Lsn) -> Result<(bool, b
     }
     Ok((false, true))
 }
+
+/// Reads raw WAL bytes, segment headers and padding included, for a WAL sender or a base
+/// backup: the byte stream a replica writes at the same Lsns.
+///
+/// Invariants: `segment` is the open file of segment `segment_no`, when set.
+pub struct RawWalReader {
+    dir: PathBuf,
+    timeline: Timeline,
+    segment_size_bytes: u64,
+    segment: Option<(u64, std::fs::File)>,
+}
+
+/// Why raw WAL could not be read.
+#[derive(Debug, thiserror::Error)]
+pub enum RawReadError {
+    /// The segment holding the Lsn is not on disk (removed, or never written on this timeline).
+    #[error("WAL segment {file} holding {lsn} is not on this server")]
+    Missing {
+        /// The Lsn asked for.
+        lsn: Lsn,
+        /// The segment file name.
+        file: String,
+    },
+    /// Reading failed.
+    #[error("read WAL segment {file}: {source}")]
+    Io {
+        /// The segment file name.
+        file: String,
+        /// The cause.
+        source: std::io::Error,
+    },
+}
+
+impl RawWalReader {
+    /// A reader of `dir`'s WAL on `timeline`.
+    pub fn new(dir: &Path, timeline: Timeline, segment_size_bytes: u64) -> RawWalReader {
+        RawWalReader { dir: dir.to_path_buf(), timeline, segment_size_bytes, segment: None }
+    }
+
+    /// Reads the bytes from `from` up to `upto` (exclusive), at most `max` of them and never
+    /// past the end of `from`'s segment, appending them to `out`; returns how many.
+    pub fn read(&mut self, from: Lsn, upto: Lsn, max: usize, out: &mut Vec<u8>) -> Result<usize, RawReadError> {
+        use std::os::unix::fs::FileExt;
+        if upto <= from {
+            return Ok(0);
+        }
+        let segment_no = segment_of(from, self.segment_size_bytes);
+        let offset = from.0 % self.segment_size_bytes;
+        let n = (upto.0 - from.0).min(self.segment_size_bytes - offset).min(max as u64) as usize;
+        let name = segment_file_name(self.timeline, segment_no);
+        if self.segment.as_ref().is_none_or(|(no, _)| *no != segment_no) {
+            let file = std::fs::File::open(self.dir.join(&name)).map_err(|e| {
+                if e.kind() == std::io::ErrorKind::NotFound {
+                    RawReadError::Missing { lsn: from, file: name.clone() }
+                } else {
+                    RawReadError::Io { file: name.clone(), source: e }
+                }
+            })?;
+            self.segment = Some((segment_no, file));
+        }
+        let (_, file) = self.segment.as_ref().expect("opened above");
+        let start = out.len();
+        out.resize(start + n, 0);
+        file.read_exact_at(&mut out[start..], offset).map_err(|e| {
+            out.truncate(start);
+            RawReadError::Io { file: name, source: e }
+        })?;
+        Ok(n)
+    }
+}

@@ -349,6 +349,76 @@ impl WalWriter {
         Ok(())
     }
 
+    /// Writes a slice of another server's WAL byte stream (a replica's input) at `start`, its
+    /// own Lsn: the bytes land at the same offsets of the same segments as on the server they
+    /// came from, segment headers and padding included, so the two WALs are byte-identical.
+    /// Crossing into the next segment fsyncs the one being left, as [`WalWriter::append`] does.
+    /// Not durable until the file is fsynced; a gap (start past the bytes written) is refused.
+    pub fn write_raw(&mut self, start: Lsn, bytes: &[u8]) -> Result<()> {
+        self.check()?;
+        assert!(self.buf.is_empty(), "raw writes and record appends are not mixed");
+        if start != self.insert_lsn {
+            return Err(Error::Mismatch(format!(
+                "WAL stream out of order: expected bytes at {}, got {} ({} bytes)",
+                self.insert_lsn,
+                start,
+                bytes.len()
+            )));
+        }
+        let mut pos = start;
+        let mut rest = bytes;
+        while !rest.is_empty() {
+            let segment_no = segment_of(pos, self.segment_size_bytes);
+            if segment_no != self.segment_no {
+                assert_eq!(segment_no, self.segment_no + 1, "raw WAL moves one segment at a time");
+                self.switch_raw()?;
+            }
+            let offset = pos.0 % self.segment_size_bytes;
+            let n = rest.len().min((self.segment_size_bytes - offset) as usize);
+            let r = self.file.write_all_at(&rest[..n], offset);
+            self.latch("write WAL", r)?;
+            pos = pos.add(n as u64);
+            rest = &rest[n..];
+        }
+        self.insert_lsn = pos;
+        self.buf_lsn = pos;
+        Ok(())
+    }
+
+    /// Moves a raw writer to the next segment: fsyncs the old one, installs the new one (its
+    /// header is written again by the stream, with the same bytes).
+    fn switch_raw(&mut self) -> Result<()> {
+        if self.fsync {
+            let r = self.file.sync_data();
+            self.latch("fsync WAL segment", r)?;
+        }
+        self.flushed_lsn = self.insert_lsn;
+        self.segment_no += 1;
+        let prepared = match self.prepared.take() {
+            Some(p) if p.segment_no == self.segment_no => p.thread.join().ok().and_then(|r| r.ok()),
+            _ => None,
+        };
+        let created = match prepared {
+            Some(file) => install_segment(&self.dir, self.timeline, self.segment_no).map(|()| file),
+            None => create_segment(
+                &self.dir,
+                self.system_id,
+                self.timeline,
+                self.segment_size_bytes,
+                self.segment_no,
+            ),
+        };
+        match created {
+            Ok(f) => self.file = Arc::new(f),
+            Err(e) => {
+                self.failed = Some(e.to_string());
+                return Err(e);
+            }
+        }
+        self.prepare_next();
+        Ok(())
+    }
+
     /// Writes and fdatasyncs everything appended; returns the new flushed Lsn.
     pub fn sync(&mut self) -> Result<Lsn> {
         self.check()?;

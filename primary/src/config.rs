@@ -40,6 +40,11 @@ pub const MAX_CONNECTIONS_DEFAULT: usize = 256;
 /// buffers, and a blocking thread while a statement runs.
 pub const MAX_CONNECTIONS_LIMIT: usize = 16_384;
 
+/// The default `max_slot_wal_keep_bytes`: 1 GiB. PostgreSQL's default is no limit, which lets
+/// one forgotten slot fill the primary's disk; a replica that falls this far behind is
+/// re-bootstrapped instead (see docs/decisions.md).
+pub const MAX_SLOT_WAL_KEEP_BYTES_DEFAULT: u64 = 1 << 30;
+
 /// The longest configuration file read, in bytes. Configuration files are a few hundred bytes;
 /// anything near this is not one.
 pub const CONFIG_FILE_LEN_MAX: u64 = 1024 * 1024;
@@ -59,9 +64,16 @@ pub struct ServerConfig {
     /// The most client connections served at once; one more is refused with
     /// `too_many_connections`.
     pub max_connections: usize,
-    /// The default commit durability for sessions. Accepted and checked now; it takes effect
-    /// with the replication milestone (until then every commit is `local`).
+    /// The default commit durability for sessions (`SET synchronous_commit` overrides it).
     pub synchronous_commit: SynchronousCommit,
+    /// Which standbys a `remote_*` commit waits for: `FIRST n (a, b, …)` (the n connected
+    /// standbys listed first), `ANY n (a, b, …)` (any n of them), or empty for none (such
+    /// commits then wait only for the local flush, as in PostgreSQL).
+    pub synchronous_standbys: String,
+    /// The most WAL a replication slot or a connected standby may hold back on this server,
+    /// in bytes behind the insert position; past it the hold is invalidated (logged, and shown
+    /// in SHOW REPLICATION) rather than filling the disk. 0 means no limit.
+    pub max_slot_wal_keep_bytes: u64,
     /// Storage engine settings.
     pub engine: EngineConfig,
     /// Role secrets.
@@ -74,6 +86,8 @@ impl Default for ServerConfig {
             listen: LISTEN_DEFAULT.to_string(),
             max_connections: MAX_CONNECTIONS_DEFAULT,
             synchronous_commit: SynchronousCommit::default(),
+            synchronous_standbys: String::new(),
+            max_slot_wal_keep_bytes: MAX_SLOT_WAL_KEEP_BYTES_DEFAULT,
             engine: EngineConfig::default(),
             auth: AuthConfig::default(),
         }
@@ -128,6 +142,7 @@ impl ServerConfig {
             checkpoint_wal_bytes: self.engine.checkpoint_wal_bytes,
             checkpoint_interval: self.engine.checkpoint_interval,
             version_retention: self.engine.version_retention,
+            max_slot_wal_keep_bytes: (self.max_slot_wal_keep_bytes > 0).then_some(self.max_slot_wal_keep_bytes),
         }
     }
 }

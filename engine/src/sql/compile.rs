@@ -1077,6 +1077,8 @@ pub(crate) mod tests {
             timeline: Timeline(3),
             visible_lsn: Lsn(0x1_0000_0010),
             insert_lsn: Lsn(0x1_0000_0010),
+            flushed_lsn: Lsn(0x1_0000_0010),
+            replay_error: None,
             last_txid: TxId(42),
             last_commit_time_us: 0,
             digest: 0xABCD,

@@ -107,12 +107,13 @@ enum TargetAction {
 
 const REPLICA_EXAMPLES: &str = "\
 Examples:
-  hindsight replica --data ./replica --primary 10.0.0.5:7340 --archive /backups/hindsight
-  hindsight replica --data ./pitr --archive s3://bucket/hindsight --backup latest \\
-      --target-time '2026-11-21 13:25:27+01' --target-action pause
-  hindsight replica --data ./delayed --primary 10.0.0.5:7340 --apply-delay 1h
+  hindsight replica --data ./replica --primary 10.0.0.5:7340 --password-file ./admin.secret
+  hindsight replica --data ./r2 --primary 10.0.0.5:7340 --password-file ./pw --slot r2 --name r2 \\
+      --listen 127.0.0.1:7342
 
-Not available yet: arrives with the replica milestone.";
+An empty --data directory is bootstrapped from a base backup streamed by the primary; a
+replica's directory resumes where it stopped. --archive, --backup, the --target-* options and
+--apply-delay arrive with the archive and point-in-time recovery milestones.";
 
 #[derive(Debug, Args)]
 #[command(after_help = REPLICA_EXAMPLES)]
@@ -126,9 +127,25 @@ struct ReplicaArgs {
     /// The archive to restore the backup and fetch WAL from.
     #[arg(long, value_name = "URL")]
     archive: Option<String>,
-    /// The address to serve read-only queries on.
+    /// The address to serve read-only queries on (default 127.0.0.1:7341).
     #[arg(long, value_name = "ADDR")]
     listen: Option<String>,
+    /// A file holding the password to log in to the primary with (the primary's admin.secret
+    /// works); the replica accepts the primary's roles and secrets itself.
+    #[arg(long, value_name = "FILE")]
+    password_file: Option<PathBuf>,
+    /// The role to log in to the primary as: replication or admin.
+    #[arg(long, value_name = "ROLE", default_value = "admin")]
+    role: String,
+    /// A replication slot on the primary that keeps the WAL this replica needs.
+    #[arg(long, value_name = "NAME")]
+    slot: Option<String>,
+    /// This replica's name on the primary (for synchronous_standbys and SHOW REPLICATION).
+    #[arg(long, value_name = "NAME", default_value = "replica")]
+    name: String,
+    /// A configuration file (the same format as the primary's; its engine settings apply).
+    #[arg(long, value_name = "FILE")]
+    config: Option<PathBuf>,
     /// The backup to start from: an id, or latest.
     #[arg(long, value_name = "ID|latest")]
     backup: Option<String>,
@@ -257,7 +274,7 @@ fn main() -> ExitCode {
         Command::Primary(args) => report(run_primary(args)),
         Command::Shell(args) => shell::run(args),
         Command::Demo => report(demo::run()),
-        Command::Replica(_) => not_available("replica", "the replica milestone"),
+        Command::Replica(args) => report(run_replica(args)),
         Command::Backup(_) => not_available("backup", "the archive milestone"),
         Command::Wal(_) => not_available("wal", "the archive milestone"),
     }
@@ -309,6 +326,77 @@ fn run_primary(args: PrimaryArgs) -> anyhow::Result<()> {
         .build()
         .context("start the async runtime")?;
     runtime.block_on(serve(&args.data, config))
+}
+
+fn run_replica(args: ReplicaArgs) -> anyhow::Result<()> {
+    let later = |flag: &str, milestone: &str| {
+        anyhow::anyhow!("{flag} is not available yet: arrives with {milestone}")
+    };
+    if args.archive.is_some() || args.backup.is_some() {
+        return Err(later("--archive/--backup", "the archive milestone"));
+    }
+    let targeted = args.target_time.is_some()
+        || args.target_lsn.is_some()
+        || args.target_xid.is_some()
+        || args.target_name.is_some()
+        || args.target_immediate
+        || args.target_timeline.is_some()
+        || args.apply_delay.is_some();
+    if targeted {
+        return Err(later("--target-*/--apply-delay", "the point-in-time recovery milestone"));
+    }
+    let primary = args.primary.context("--primary ADDR is required (until the archive milestone)")?;
+    let mut server = match &args.config {
+        Some(path) => ServerConfig::load(path).context("load the configuration")?,
+        None => ServerConfig { listen: "127.0.0.1:7341".into(), ..ServerConfig::default() },
+    };
+    if let Some(listen) = args.listen {
+        server.listen = listen;
+    }
+    let password = match &args.password_file {
+        Some(path) => std::fs::read_to_string(path)
+            .with_context(|| format!("read the password file {}", path.display()))?
+            .trim_end_matches(['\n', '\r'])
+            .to_string(),
+        None => std::env::var("HINDSIGHT_PASSWORD")
+            .context("give --password-file FILE (or HINDSIGHT_PASSWORD)")?,
+    };
+    let config = hindsight_replica::ReplicaConfig {
+        data_dir: args.data.clone(),
+        primary,
+        role: args.role,
+        password,
+        slot: args.slot,
+        name: args.name,
+        server,
+    };
+    init_tracing();
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .thread_name("hindsight-replica")
+        .build()
+        .context("start the async runtime")?;
+    runtime.block_on(async move {
+        use tokio::signal::unix::{signal, SignalKind};
+        let mut terminate = signal(SignalKind::terminate()).context("install the SIGTERM handler")?;
+        let mut interrupt = signal(SignalKind::interrupt()).context("install the SIGINT handler")?;
+        let handle = hindsight_replica::start(config)
+            .await
+            .with_context(|| format!("start the replica on {}", args.data.display()))?;
+        {
+            let mut stdout = std::io::stdout().lock();
+            writeln!(stdout, "{}", ReadyLine::replica(handle.local_addr(), handle.system_id(), &args.data))
+                .and_then(|()| stdout.flush())
+                .context("print the ready line")?;
+        }
+        let signal_name = tokio::select! {
+            _ = terminate.recv() => "SIGTERM",
+            _ = interrupt.recv() => "SIGINT",
+        };
+        tracing::info!(signal = signal_name, "stopping");
+        handle.shutdown().await;
+        Ok(())
+    })
 }
 
 async fn serve(data: &Path, config: ServerConfig) -> anyhow::Result<()> {

@@ -70,7 +70,12 @@ impl Database {
 /// Makes `dir` a replica's data directory from a base backup whose snapshot was written to
 /// `dir/snapshots/<name>.tmp` (the name [`snapshot_file_name`] gives `meta.lsn`, plus `.tmp`).
 /// Installs the snapshot, the WAL segment prefix and, last, the control file.
-pub fn install_base_backup(dir: &Path, meta: &SnapshotMeta, segment_size_bytes: u64, wal_prefix: &[u8]) -> Result<()> {
+pub fn install_base_backup(
+    dir: &Path,
+    meta: &SnapshotMeta,
+    segment_size_bytes: u64,
+    wal_prefix: &[u8],
+) -> Result<()> {
     let snap_dir = dir.join("snapshots");
     let wal_dir = dir.join("wal");
     std::fs::create_dir_all(&wal_dir).map_err(|e| Error::io(format!("create {}", wal_dir.display()), e))?;
@@ -81,9 +86,13 @@ pub fn install_base_backup(dir: &Path, meta: &SnapshotMeta, segment_size_bytes: 
     sync_dir(&snap_dir)?;
     let segment_no = segment_of(meta.lsn, segment_size_bytes);
     let expected_len = (meta.lsn.0 - segment_no * segment_size_bytes) as usize;
-    let header = SegmentHeader { system_id: meta.system_id, timeline: meta.timeline, segment_size_bytes, segment_no }
-        .encode();
-    if wal_prefix.len() != expected_len || wal_prefix.len() < SEGMENT_HEADER_LEN || wal_prefix[..SEGMENT_HEADER_LEN] != header {
+    let header =
+        SegmentHeader { system_id: meta.system_id, timeline: meta.timeline, segment_size_bytes, segment_no }
+            .encode();
+    if wal_prefix.len() != expected_len
+        || wal_prefix.len() < SEGMENT_HEADER_LEN
+        || wal_prefix[..SEGMENT_HEADER_LEN] != header
+    {
         return Err(Error::Corrupt {
             lsn: meta.lsn,
             file: wal_dir.clone(),
@@ -110,4 +119,3 @@ pub fn install_base_backup(dir: &Path, meta: &SnapshotMeta, segment_size_bytes: 
     control.write(&dir.join("control"))?;
     sync_dir(dir)
 }
-

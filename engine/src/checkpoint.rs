@@ -120,7 +120,8 @@ pub fn write_snapshot(dir: &Path, view: &ReadView, meta: SnapshotMeta) -> Result
     let tmp = dir.join(format!("{}.tmp", snapshot_file_name(meta.lsn)));
     let io = |e| Error::io(format!("write snapshot {}", path.display()), e);
     let file = OpenOptions::new().write(true).create(true).truncate(true).open(&tmp).map_err(io)?;
-    let (out, bytes, total_rows) = encode_snapshot(BufWriter::with_capacity(1 << 20, file), view, meta).map_err(io)?;
+    let (out, bytes, total_rows) =
+        encode_snapshot(BufWriter::with_capacity(1 << 20, file), view, meta).map_err(io)?;
     let file = out.into_inner().map_err(|e| io(e.into_error()))?;
     file.sync_all().map_err(io)?;
     std::fs::rename(&tmp, &path).map_err(io)?;
@@ -130,7 +131,11 @@ pub fn write_snapshot(dir: &Path, view: &ReadView, meta: SnapshotMeta) -> Result
 
 /// Writes the snapshot of `view` to `out` in the snapshot file format (a base backup streams it
 /// to a replica this way); returns `out`, the bytes written and the rows.
-pub fn encode_snapshot<W: Write>(out: W, view: &ReadView, meta: SnapshotMeta) -> std::io::Result<(W, u64, u64)> {
+pub fn encode_snapshot<W: Write>(
+    out: W,
+    view: &ReadView,
+    meta: SnapshotMeta,
+) -> std::io::Result<(W, u64, u64)> {
     assert_eq!(view.lsn(), meta.lsn, "snapshot metadata must describe the view's Lsn");
     let io = |e| e;
     let mut header = Vec::with_capacity(SNAPSHOT_HEADER_LEN);

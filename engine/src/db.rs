@@ -23,6 +23,8 @@ use crate::replay::{Replayer, TXN_CHANGE_BYTES_MAX};
 use crate::schema::TableId;
 use crate::store::{ReadView, Store};
 use crate::txn::{CommitInfo, WriteSet};
+use crate::wal::decoder::Decoder;
+use crate::wal::holds::{HoldError, WalHold, WalHolds};
 use crate::wal::reader::{list_segments, scan_wal, TailPolicy, WalDir};
 use crate::wal::record::{
     change_encoded_len, encode_changes, Change, ChangeOp, CommitRecord, Record, RecordKind, TableChanges,
@@ -31,8 +33,6 @@ use crate::wal::record::{
 use crate::wal::segment::{
     first_record_lsn, segment_file_name, segment_of, valid_segment_size, SEGMENT_SIZE_DEFAULT,
 };
-use crate::wal::decoder::Decoder;
-use crate::wal::holds::{HoldError, WalHold, WalHolds};
 use crate::wal::writer::{create_segment, sync_dir, truncate_wal, WalWriter};
 use crossbeam_channel::{bounded, Receiver, RecvTimeoutError, Sender};
 use hindsight_protocol::{Lsn, Timeline, TxId};
@@ -705,7 +705,11 @@ impl Database {
         let stats = self.store.stats();
         Status {
             role: if self.standby { "replica" } else { "primary" },
-            flushed_lsn: if self.standby { Lsn(self.shared.flushed_lsn.load(Ordering::Acquire)) } else { p.lsn },
+            flushed_lsn: if self.standby {
+                Lsn(self.shared.flushed_lsn.load(Ordering::Acquire))
+            } else {
+                p.lsn
+            },
             replay_error: self.shared.replay_error.lock().clone(),
             system_id: self.system_id,
             timeline: self.timeline,

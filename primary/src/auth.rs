@@ -27,6 +27,15 @@ use rand::RngCore;
 use crate::config::AuthConfig;
 use crate::{Error, Result};
 
+/// The file in a replica's data directory holding its primary's role secrets (from the base
+/// backup), so one password works on both.
+pub const ROLES_FILE: &str = "roles";
+
+/// A role name quoted in an error, cut short.
+fn clip_name(name: &str) -> String {
+    name.chars().take(32).collect()
+}
+
 /// The file in the data directory holding the admin secret when none is configured.
 pub const ADMIN_SECRET_FILE: &str = "admin.secret";
 
@@ -167,6 +176,56 @@ impl Authenticator {
         let authenticator =
             Authenticator::new(Some(&admin), auth.replication.as_deref(), auth.readonly.as_deref())?;
         Ok((authenticator, source))
+    }
+
+    /// The secrets as `role=secret` lines, for a base backup: a replica accepts the same
+    /// credentials as its primary.
+    pub fn export(&self) -> String {
+        let mut out = String::new();
+        for (role, secret) in &self.secrets {
+            if let Some(secret) = secret {
+                out.push_str(role.name());
+                out.push('=');
+                out.push_str(&String::from_utf8_lossy(secret));
+                out.push('\n');
+            }
+        }
+        out
+    }
+
+    /// Reads what [`Authenticator::export`] wrote.
+    pub fn import(text: &str) -> Result<Authenticator> {
+        let mut secrets: [Option<&str>; 3] = [None; 3];
+        for line in text.lines().filter(|l| !l.is_empty()) {
+            let (name, secret) = line
+                .split_once('=')
+                .ok_or_else(|| Error::config("the roles file has a line without `role=secret`"))?;
+            let role = Role::from_name(name).ok_or_else(|| {
+                Error::config(format!("the roles file names an unknown role \"{}\"", clip_name(name)))
+            })?;
+            secrets[role as usize] = Some(secret);
+        }
+        Authenticator::new(secrets[0], secrets[1], secrets[2])
+    }
+
+    /// Writes the secrets to `dir/ROLES_FILE` (mode 0600, temp → fsync → rename → fsync dir).
+    pub fn save(&self, dir: &Path) -> Result<()> {
+        let path = dir.join(ROLES_FILE);
+        let tmp = dir.join(format!("{ROLES_FILE}.tmp"));
+        let io = |e| Error::io(format!("write {}", path.display()), e);
+        let _ = std::fs::remove_file(&tmp);
+        let mut file = OpenOptions::new().write(true).create_new(true).mode(0o600).open(&tmp).map_err(io)?;
+        file.write_all(self.export().as_bytes()).and_then(|()| file.sync_all()).map_err(io)?;
+        std::fs::rename(&tmp, &path).map_err(io)?;
+        std::fs::File::open(dir).and_then(|d| d.sync_all()).map_err(io)
+    }
+
+    /// Reads `dir/ROLES_FILE`.
+    pub fn load(dir: &Path) -> Result<Authenticator> {
+        let path = dir.join(ROLES_FILE);
+        let text =
+            std::fs::read_to_string(&path).map_err(|e| Error::io(format!("read {}", path.display()), e))?;
+        Authenticator::import(&text)
     }
 
     /// The role `role_name` authenticated by `password`, or `None` for an unknown role, a role

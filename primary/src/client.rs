@@ -386,6 +386,27 @@ impl Client {
         addr: A,
         options: ConnectOptions,
     ) -> Result<Client, ClientError> {
+        let (transport, auth_ok) = Client::handshake(addr, options, Purpose::Session).await?;
+        Ok(Client {
+            transport,
+            system_id: auth_ok.system_id,
+            timeline: Timeline(auth_ok.timeline),
+            role: auth_ok.role,
+            read_only: auth_ok.read_only,
+            server_version: auth_ok.server_version,
+            in_transaction: false,
+            transaction_failed: false,
+            closed: false,
+        })
+    }
+
+    /// Connects and logs in for `purpose` (a replica's receiver uses `Replication`); returns the
+    /// framed connection and the server's `AuthOk`.
+    pub async fn handshake<A: ToSocketAddrs + fmt::Display>(
+        addr: A,
+        options: ConnectOptions,
+        purpose: Purpose,
+    ) -> Result<(Framed<TcpStream, ClientCodec>, wire::AuthOk), ClientError> {
         let addr_text = addr.to_string();
         let stream = match tokio::time::timeout(CONNECT_TIMEOUT, TcpStream::connect(addr)).await {
             Err(_) => return Err(ClientError::Timeout { what: "connecting" }),
@@ -400,7 +421,7 @@ impl Client {
             password: options.password,
             expected_system_id: options.expected_system_id,
             application_name: options.application_name,
-            purpose: Purpose::Session as i32,
+            purpose: purpose as i32,
         };
         let handshake = async {
             transport.send(ClientMessage::from(startup)).await?;
@@ -424,17 +445,7 @@ impl Client {
                 options.expected_system_id, auth_ok.system_id
             )));
         }
-        Ok(Client {
-            transport,
-            system_id: auth_ok.system_id,
-            timeline: Timeline(auth_ok.timeline),
-            role: auth_ok.role,
-            read_only: auth_ok.read_only,
-            server_version: auth_ok.server_version,
-            in_transaction: false,
-            transaction_failed: false,
-            closed: false,
-        })
+        Ok((transport, auth_ok))
     }
 
     /// Runs `sql` (one or more `;`-separated statements) and returns each statement's result,

@@ -142,7 +142,8 @@ impl ServerConfig {
             checkpoint_wal_bytes: self.engine.checkpoint_wal_bytes,
             checkpoint_interval: self.engine.checkpoint_interval,
             version_retention: self.engine.version_retention,
-            max_slot_wal_keep_bytes: (self.max_slot_wal_keep_bytes > 0).then_some(self.max_slot_wal_keep_bytes),
+            max_slot_wal_keep_bytes: (self.max_slot_wal_keep_bytes > 0)
+                .then_some(self.max_slot_wal_keep_bytes),
         }
     }
 }

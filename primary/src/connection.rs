@@ -47,6 +47,7 @@ use tokio_util::codec::Framed;
 use tokio_util::sync::CancellationToken;
 
 use crate::auth::Role;
+use crate::replication::SyncLevel;
 use crate::server::Shared;
 
 /// How long a new connection has to send its `Startup`.
@@ -72,10 +73,10 @@ const _: () = assert!(STARTUP_FRAME_LEN_MAX < FRAME_LEN_MAX);
 /// The server's version, sent in `AuthOk.server_version`.
 pub const SERVER_VERSION: &str = concat!("hindsight ", env!("CARGO_PKG_VERSION"));
 
-type Transport = Framed<TcpStream, ServerCodec>;
+pub(crate) type Transport = Framed<TcpStream, ServerCodec>;
 
 /// What reading the next client message gave.
-enum Incoming {
+pub(crate) enum Incoming {
     Message(ClientMessage),
     /// The client closed the connection between messages.
     Eof,
@@ -85,7 +86,7 @@ enum Incoming {
     Failed(io::Error),
 }
 
-async fn recv(transport: &mut Transport) -> Incoming {
+pub(crate) async fn recv(transport: &mut Transport) -> Incoming {
     match transport.next().await {
         None => Incoming::Eof,
         Some(Ok(message)) => Incoming::Message(message),
@@ -107,18 +108,22 @@ pub(crate) async fn serve(
     }
     tracing::debug!(%peer, "connection accepted");
     let mut transport = Framed::new(stream, ServerCodec::with_frame_len_max(STARTUP_FRAME_LEN_MAX));
-    let Some(role) = handshake(&shared, &mut transport).await else {
+    let Some((role, purpose, application)) = handshake(&shared, &mut transport).await else {
         return;
     };
     // Authenticated: queries may be as large as the protocol allows. The codec keeps no
     // decode state between frames (it lives in the read buffer), so swapping it is safe.
     *transport.codec_mut() = ServerCodec::new();
-    serve_session(&shared, &mut transport, role).await;
+    if purpose == Purpose::Replication {
+        crate::walsender::serve_replication(&shared, &mut transport, peer, application).await;
+    } else {
+        serve_session(&shared, &mut transport, role).await;
+    }
 }
 
 /// Runs the handshake. Returns the authenticated role, or `None` when the connection was
 /// refused (and already answered and closed) or went away.
-async fn handshake(shared: &Shared, transport: &mut Transport) -> Option<Role> {
+async fn handshake(shared: &Shared, transport: &mut Transport) -> Option<(Role, Purpose, String)> {
     let first = tokio::select! {
         biased;
         () = shared.shutdown.cancelled() => {
@@ -160,7 +165,11 @@ async fn handshake(shared: &Shared, transport: &mut Transport) -> Option<Role> {
 }
 
 /// The handshake's checks, in the order `docs/protocol.md` gives them.
-async fn check_startup(shared: &Shared, transport: &mut Transport, startup: Startup) -> Option<Role> {
+async fn check_startup(
+    shared: &Shared,
+    transport: &mut Transport,
+    startup: Startup,
+) -> Option<(Role, Purpose, String)> {
     let role_name = clip(&startup.role);
     let application = clip(&startup.application_name);
     if startup.protocol_version != PROTOCOL_VERSION {
@@ -209,10 +218,11 @@ async fn check_startup(shared: &Shared, transport: &mut Transport, startup: Star
         refuse(transport, error_code::INVALID_PASSWORD, message, "").await;
         return None;
     };
-    if purpose == Purpose::Replication {
-        tracing::info!(role = %role, application = %application, "refusing a replication connection: not available yet");
-        let message = "streaming replication arrives with the replica milestone";
-        refuse(transport, error_code::FEATURE_NOT_SUPPORTED, message.to_string(), "").await;
+    if purpose == Purpose::Replication && !role.may_replicate() {
+        tracing::warn!(role = %role, application = %application, "refusing a replication connection");
+        let message = format!("role \"{role}\" may not open replication connections");
+        refuse(transport, error_code::INVALID_PASSWORD, message, "connect as role replication or admin")
+            .await;
         return None;
     }
     let auth_ok = wire::AuthOk {
@@ -228,7 +238,7 @@ async fn check_startup(shared: &Shared, transport: &mut Transport, startup: Star
         return None;
     }
     tracing::debug!(role = %role, application = %application, "session started");
-    Some(role)
+    Some((role, purpose, application.to_string()))
 }
 
 /// The session loop: one `Query` at a time until the client leaves or the server stops.
@@ -237,6 +247,11 @@ async fn serve_session(shared: &Shared, transport: &mut Transport, role: Role) {
     // `readonly` and `replication` sessions read only: every write or administrative change
     // fails with `read_only`, and the session stays usable.
     session.set_read_only(!role.may_write());
+    session.set_host(std::sync::Arc::clone(&shared.host));
+    if shared.synchronous_commit != "local" {
+        // The configured default; SET in the session overrides it.
+        let _ = session.execute(&format!("SET synchronous_commit = {}", shared.synchronous_commit));
+    }
     loop {
         let incoming = tokio::select! {
             biased;
@@ -268,7 +283,7 @@ async fn serve_session(shared: &Shared, transport: &mut Transport, role: Role) {
             }
         };
         match message.msg {
-            Some(Msg::Query(query)) => match run_query(transport, session, query.sql).await {
+            Some(Msg::Query(query)) => match run_query(shared, transport, session, query.sql).await {
                 Some(back) => session = back,
                 None => return,
             },
@@ -289,11 +304,26 @@ async fn serve_session(shared: &Shared, transport: &mut Transport, role: Role) {
 
 /// Runs one `Query` where blocking is allowed and sends its answer. Returns the session for the next
 /// query, or `None` when the connection is finished.
-async fn run_query(transport: &mut Transport, mut session: Session, sql: String) -> Option<Session> {
+async fn run_query(
+    shared: &Shared,
+    transport: &mut Transport,
+    mut session: Session,
+    sql: String,
+) -> Option<Session> {
     let execute = move || {
         let results = session.execute(&sql);
+        // The newest commit this query made: with a remote synchronous_commit level, its
+        // answer waits until the synchronous standbys confirmed it.
+        let commit_lsn = results
+            .iter()
+            .filter_map(|r| match r {
+                Ok(StatementResult::Command { commit: Some(c), .. }) => Some(c.lsn),
+                _ => None,
+            })
+            .max();
+        let level = session.setting("synchronous_commit").and_then(SyncLevel::from_setting);
         let replies = answer(results, session.in_transaction(), session.transaction_failed());
-        (session, replies)
+        (session, replies, commit_lsn.zip(level))
     };
     // On a multi-threaded runtime the statement runs right here, with this worker thread
     // handing its other tasks to the rest of the runtime (`block_in_place`): no hand-off to a
@@ -305,7 +335,7 @@ async fn run_query(transport: &mut Transport, mut session: Session, sql: String)
     } else {
         tokio::task::spawn_blocking(execute).await.map_err(|e| e.to_string())
     };
-    let (session, replies) = match ran {
+    let (session, replies, wait) = match ran {
         Ok(ran) => ran,
         Err(panic) => {
             tracing::error!(panic = %panic, "a statement failed unexpectedly; closing the session");
@@ -314,6 +344,16 @@ async fn run_query(transport: &mut Transport, mut session: Session, sql: String)
             return None;
         }
     };
+    if let Some((lsn, level)) = wait.filter(|(_, level)| *level > SyncLevel::Local) {
+        if shared.replication.wait_for(lsn, level, &shared.shutdown).await.is_err() {
+            let message = format!(
+                "the transaction committed locally at {lsn}, but the server shut down before the synchronous standbys confirmed it"
+            );
+            let hint = "check on the primary or a replica whether it is there before retrying";
+            refuse(transport, error_code::SHUTTING_DOWN, message, hint).await;
+            return None;
+        }
+    }
     for reply in replies {
         if let Err(e) = transport.feed(reply).await {
             tracing::debug!(error = %e, "sending an answer failed; closing the connection");
@@ -461,13 +501,13 @@ pub(crate) async fn refuse_over_limit(
     refuse(&mut transport, error_code::TOO_MANY_CONNECTIONS, message, hint).await;
 }
 
-async fn refuse_shutting_down(transport: &mut Transport) {
+pub(crate) async fn refuse_shutting_down(transport: &mut Transport) {
     let hint = "reconnect when the server is back, or to another server";
     refuse(transport, error_code::SHUTTING_DOWN, "the server is shutting down".to_string(), hint).await;
 }
 
 /// Sends a final `Error` and closes the connection without resetting it.
-async fn refuse(transport: &mut Transport, code: &str, message: String, hint: &str) {
+pub(crate) async fn refuse(transport: &mut Transport, code: &str, message: String, hint: &str) {
     let error = wire::Error { code: code.to_string(), message, hint: hint.to_string(), position: None };
     if let Err(e) = transport.send(ServerMessage::from(error)).await {
         tracing::debug!(error = %e, "could not send the final error");

@@ -34,7 +34,9 @@ pub mod config;
 mod connection;
 mod error;
 pub mod ready;
+pub mod replication;
 pub mod server;
+mod walsender;
 
 pub use auth::Role;
 pub use client::{Client, ClientError, ConnectOptions, QueryResult};

@@ -17,7 +17,9 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
+use hindsight_engine::sql::ReplicationHost;
 use hindsight_engine::Database;
+use hindsight_protocol::Lsn;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio::task::JoinHandle;
@@ -28,6 +30,7 @@ use tracing::Instrument;
 use crate::auth::{AdminSecretSource, Authenticator};
 use crate::config::ServerConfig;
 use crate::connection;
+use crate::replication::Replication;
 use crate::{Error, Result};
 
 /// The most over-limit connections being told `too_many_connections` at once. Past this,
@@ -51,6 +54,14 @@ pub(crate) struct Shared {
     pub auth: Authenticator,
     /// Cancelled when the server shuts down.
     pub shutdown: CancellationToken,
+    /// Connected standbys, slots and synchronous commit waits.
+    pub replication: Arc<Replication>,
+    /// What sessions' replication statements run against.
+    pub host: Arc<dyn ReplicationHost>,
+    /// The newest visible Lsn, bumped after every publish: WAL senders wait on it.
+    pub published: tokio::sync::watch::Receiver<Lsn>,
+    /// The sessions' default `synchronous_commit` (a stored setting value).
+    pub synchronous_commit: &'static str,
 }
 
 /// Starts servers. See [`Server::start`].
@@ -76,6 +87,21 @@ impl Server {
         // The database initialises an empty directory first (it refuses to initialise over
         // foreign files), so the admin secret is written only after it opened.
         let (auth, admin_secret) = Authenticator::for_data_dir(&config.auth, data_dir)?;
+        Server::serve(db, auth, admin_secret, data_dir, config, |replication| replication).await
+    }
+
+    /// Serves an open database: binds `config.listen` and accepts sessions and replication
+    /// connections. A primary comes here from [`Server::start`]; a replica with its standby
+    /// database, its primary's roles and its own SQL host (`host` wraps the replication
+    /// registry, for SHOW RECOVERY).
+    pub async fn serve(
+        db: Arc<Database>,
+        auth: Authenticator,
+        admin_secret: AdminSecretSource,
+        data_dir: &Path,
+        config: ServerConfig,
+        host: impl FnOnce(Arc<Replication>) -> Arc<dyn ReplicationHost>,
+    ) -> Result<ServerHandle> {
         match &admin_secret {
             AdminSecretSource::Created(path) => tracing::info!(
                 path = %path.display(),
@@ -90,17 +116,25 @@ impl Server {
         let local_addr = listener
             .local_addr()
             .map_err(|e| Error::io(format!("read the address of {}", config.listen), e))?;
-        if config.synchronous_commit != crate::config::SynchronousCommit::Local {
-            tracing::warn!(
-                synchronous_commit = config.synchronous_commit.as_str(),
-                "synchronous_commit is accepted but not in effect before the replication milestone; \
-                 commits are acknowledged once flushed locally"
-            );
-        }
-
+        let replication = Replication::new(Arc::clone(&db), data_dir, &config.synchronous_standbys)?;
+        let (published_tx, published) = tokio::sync::watch::channel(db.status().visible_lsn);
+        let on_publish = Arc::clone(&replication);
+        db.set_publish_hook(Arc::new(move |lsn| {
+            on_publish.on_published(lsn);
+            published_tx.send_replace(lsn);
+        }));
         let shutdown = CancellationToken::new();
         let tracker = TaskTracker::new();
-        let shared = Arc::new(Shared { db: Arc::clone(&db), auth, shutdown: shutdown.clone() });
+        let shared_published = published.clone();
+        let shared = Arc::new(Shared {
+            db: Arc::clone(&db),
+            auth,
+            shutdown: shutdown.clone(),
+            host: host(Arc::clone(&replication)),
+            replication: Arc::clone(&replication),
+            published,
+            synchronous_commit: config.synchronous_commit.as_str(),
+        });
         let accept = AcceptLoop {
             listener,
             shared,
@@ -125,6 +159,8 @@ impl Server {
             tracker,
             accept_task: Some(accept_task),
             admin_secret,
+            replication,
+            published: shared_published,
         })
     }
 }
@@ -140,9 +176,21 @@ pub struct ServerHandle {
     tracker: TaskTracker,
     accept_task: Option<JoinHandle<()>>,
     admin_secret: AdminSecretSource,
+    replication: Arc<Replication>,
+    published: tokio::sync::watch::Receiver<Lsn>,
 }
 
 impl ServerHandle {
+    /// The newest visible Lsn, bumped after every publish.
+    pub fn published(&self) -> tokio::sync::watch::Receiver<Lsn> {
+        self.published.clone()
+    }
+
+    /// The replication registry (standbys, slots, synchronous waits).
+    pub fn replication(&self) -> &Arc<Replication> {
+        &self.replication
+    }
+
     /// The address the server listens on (with the real port when `listen` had port 0).
     pub fn local_addr(&self) -> SocketAddr {
         self.local_addr

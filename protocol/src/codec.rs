@@ -381,7 +381,11 @@ mod tests {
             any::<(u64, i64, bool)>().prop_map(|(server_flush_lsn, server_time_us, reply_requested)| {
                 ServerMessage::from(Keepalive { server_flush_lsn, server_time_us, reply_requested })
             }),
-            (blob(), any::<bool>()).prop_map(|(data, last)| ServerMessage::from(BackupChunk { data, last })),
+            (blob(), any::<bool>()).prop_map(|(data, last)| ServerMessage::from(BackupChunk {
+                data,
+                last,
+                part: "snapshot".into()
+            })),
         ]
     }
 
@@ -707,8 +711,11 @@ mod tests {
             "{}",
             largest.encoded_len()
         );
-        let chunk =
-            ServerMessage::from(BackupChunk { data: Bytes::from(vec![1; BACKUP_CHUNK_LEN_MAX]), last: true });
+        let chunk = ServerMessage::from(BackupChunk {
+            data: Bytes::from(vec![1; BACKUP_CHUNK_LEN_MAX]),
+            last: true,
+            part: "snapshot".into(),
+        });
         assert!(chunk.encoded_len() <= BACKUP_CHUNK_LEN_MAX + ENVELOPE_OVERHEAD_MAX);
     }
 

@@ -3,9 +3,10 @@
 //! conversions so `ClientMessage::from(Query { .. })` builds an envelope.
 
 use crate::wire::{
-    client_message, server_message, value, AuthOk, BackupChunk, BaseBackupRequest, ClientMessage,
-    CommandComplete, DataRows, Error as ErrorMessage, Keepalive, Query, ReadyForQuery, RowDescription,
-    ServerMessage, StandbyStatus, StartReplication, Startup, Terminate, TimelineSwitch, WalData,
+    client_message, server_message, value, AuthOk, BackupChunk, BackupStart, BaseBackupRequest,
+    ClientMessage, CommandComplete, DataRows, Error as ErrorMessage, Keepalive, Query, ReadyForQuery,
+    RowDescription, ServerMessage, StandbyStatus, StartReplication, Startup, Terminate, TimelineSwitch,
+    WalData,
 };
 use crate::Error;
 
@@ -82,6 +83,7 @@ impl Envelope for ServerMessage {
             Some(Msg::TimelineSwitch(_)) => "timeline_switch",
             Some(Msg::Keepalive(_)) => "keepalive",
             Some(Msg::BackupChunk(_)) => "backup_chunk",
+            Some(Msg::BackupStart(_)) => "backup_start",
         }
     }
 }
@@ -133,6 +135,7 @@ envelope_from!(ServerMessage, server_message:
     TimelineSwitch => TimelineSwitch,
     Keepalive => Keepalive,
     BackupChunk => BackupChunk,
+    BackupStart => BackupStart,
 );
 
 impl value::Kind {

@@ -27,6 +27,7 @@ mod compile;
 mod ddl;
 mod exec;
 mod expr;
+pub mod host;
 mod plan;
 mod session;
 mod split;
@@ -40,8 +41,9 @@ use crate::value::{DataType, Value};
 
 pub use admin::{AdminStatement, ReplayTarget};
 pub use exec::SessionStats;
-pub use session::Session;
+pub use host::ReplicationHost;
 pub(crate) use session::read_only_error;
+pub use session::Session;
 
 /// The longest SQL text one `execute` call accepts. Large because a million-row multi-row
 /// INSERT is a legitimate way to load data (about 35 MB for three short columns).

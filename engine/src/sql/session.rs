@@ -162,6 +162,9 @@ impl Session {
         }
     }
 
+    /// STUB: replaced by the real one.
+    pub fn set_host(&mut self, _host: Arc<dyn super::ReplicationHost>) {}
+
     /// Makes this session refuse every write and administrative change with `read_only`
     /// (the server does this for sessions of the `readonly` and `replication` roles).
     pub fn set_read_only(&mut self, read_only: bool) {

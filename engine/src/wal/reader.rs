@@ -274,7 +274,13 @@ impl RawWalReader {
 
     /// Reads the bytes from `from` up to `upto` (exclusive), at most `max` of them and never
     /// past the end of `from`'s segment, appending them to `out`; returns how many.
-    pub fn read(&mut self, from: Lsn, upto: Lsn, max: usize, out: &mut Vec<u8>) -> Result<usize, RawReadError> {
+    pub fn read(
+        &mut self,
+        from: Lsn,
+        upto: Lsn,
+        max: usize,
+        out: &mut Vec<u8>,
+    ) -> Result<usize, RawReadError> {
         use std::os::unix::fs::FileExt;
         if upto <= from {
             return Ok(0);

@@ -1,0 +1,385 @@
+//! The WAL sender: a replication connection's server side. Serves base backups and streams
+//! WAL from the segments on disk, on primaries and (cascading) on replicas alike.
+//!
+//! ```text
+//! AuthOk ─► BaseBackupRequest ─► BackupStart, BackupChunk* (snapshot, wal_prefix, roles, last)
+//!       └─► StartReplication{timeline, start_lsn, slot, standby_name}
+//!             ─► WalData* as WAL becomes durable here, Keepalive when idle
+//!             ◄─ StandbyStatus (received ≥ written ≥ flushed ≥ replayed) at any time
+//! ```
+//!
+//! Only durable WAL is sent (on a primary the published Lsn, which the flusher publishes after
+//! fdatasync; on a replica its flushed Lsn), so a replica never holds WAL its upstream could
+//! lose in a crash. The connection holds the WAL from its standby's flushed Lsn (a capped
+//! hold, moved on every acknowledgement), and a base backup holds the WAL from the backup Lsn
+//! until the replica streams from it on the same connection.
+
+use std::net::SocketAddr;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use bytes::Bytes;
+use futures::{SinkExt, StreamExt};
+use hindsight_engine::backup::encode_snapshot;
+use hindsight_engine::wal::reader::{RawReadError, RawWalReader};
+use hindsight_protocol::wire::{
+    client_message::Msg, BackupChunk, BackupStart, Keepalive, StartReplication, WalData,
+};
+use hindsight_protocol::{
+    error_code, ClientMessage, Lsn, ServerMessage, BACKUP_CHUNK_LEN_MAX, WAL_DATA_LEN_MAX,
+};
+use tokio::sync::mpsc;
+
+use crate::connection::{recv, refuse, refuse_shutting_down, Incoming, Transport};
+use crate::replication::{StandbyHandle, StandbyPositions, StandbyState};
+use crate::server::Shared;
+
+/// Sent when no WAL flowed for this long, asking the standby to report.
+pub const KEEPALIVE_INTERVAL: Duration = Duration::from_secs(1);
+/// A standby silent for this long is gone: the connection is closed.
+pub const STANDBY_TIMEOUT: Duration = Duration::from_secs(30);
+/// Snapshot chunks in flight between the encoding thread and the connection.
+const BACKUP_QUEUE_CHUNKS: usize = 8;
+
+fn now_us() -> i64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_micros() as i64).unwrap_or(0)
+}
+
+/// Serves a replication connection until it ends.
+pub(crate) async fn serve_replication(
+    shared: &Shared,
+    transport: &mut Transport,
+    peer: SocketAddr,
+    application: String,
+) {
+    let mut handle: Option<StandbyHandle> = None;
+    loop {
+        let message = tokio::select! {
+            biased;
+            () = shared.shutdown.cancelled() => {
+                refuse_shutting_down(transport).await;
+                return;
+            }
+            incoming = recv(transport) => match incoming {
+                Incoming::Message(m) => m,
+                Incoming::Eof | Incoming::Failed(_) => return,
+                Incoming::Violation(e) => {
+                    refuse(transport, error_code::PROTOCOL_VIOLATION, e.to_string(), "").await;
+                    return;
+                }
+            },
+        };
+        match message.msg {
+            Some(Msg::BaseBackupRequest(_)) => {
+                if handle.is_some() {
+                    let message = "a base backup was already sent on this connection".to_string();
+                    refuse(transport, error_code::PROTOCOL_VIOLATION, message, "").await;
+                    return;
+                }
+                let h = match shared.replication.register(application.clone(), peer, None) {
+                    Ok(h) => h,
+                    Err(e) => return refuse(transport, e.code, e.message, &e.hint).await,
+                };
+                h.set_state(StandbyState::Backup);
+                if !send_base_backup(shared, transport, &h).await {
+                    return;
+                }
+                handle = Some(h);
+            }
+            Some(Msg::StartReplication(start)) => {
+                stream(shared, transport, peer, &application, handle.take(), start).await;
+                return;
+            }
+            Some(Msg::Terminate(_)) => return,
+            other => {
+                let kind = hindsight_protocol::Envelope::kind(&ClientMessage { msg: other });
+                let message =
+                    format!("{kind} is not accepted on a replication connection before StartReplication");
+                refuse(transport, error_code::PROTOCOL_VIOLATION, message, "").await;
+                return;
+            }
+        }
+    }
+}
+
+/// Sends a base backup; returns false when the connection is finished.
+async fn send_base_backup(shared: &Shared, transport: &mut Transport, handle: &StandbyHandle) -> bool {
+    let db = std::sync::Arc::clone(&shared.db);
+    let hold = handle.hold_name().to_string();
+    let started = Instant::now();
+    let backup = match tokio::task::spawn_blocking(move || db.start_base_backup(&hold)).await {
+        Ok(Ok(b)) => b,
+        Ok(Err(e)) => {
+            tracing::error!(error = %e, "base backup failed");
+            refuse(transport, error_code::IO_ERROR, format!("base backup failed: {e}"), "").await;
+            return false;
+        }
+        Err(e) => {
+            refuse(transport, error_code::INTERNAL_ERROR, format!("base backup failed: {e}"), "").await;
+            return false;
+        }
+    };
+    let meta = backup.meta;
+    tracing::info!(lsn = %meta.lsn, "sending a base backup");
+    let start = BackupStart {
+        system_id: meta.system_id,
+        timeline: meta.timeline.0,
+        segment_size_bytes: backup.segment_size_bytes,
+        lsn: meta.lsn.0,
+        prev_lsn: meta.prev_lsn.0,
+        last_txid: meta.last_txid.0,
+        last_commit_time_us: meta.last_commit_time_us,
+        digest: meta.digest,
+        next_table_id: meta.next_table_id,
+    };
+    if transport.send(ServerMessage::from(start)).await.is_err() {
+        return false;
+    }
+    // The snapshot is encoded on a blocking thread into bounded chunks; the connection sends
+    // them as they come, so memory stays at BACKUP_QUEUE_CHUNKS chunks whatever the size.
+    let (tx, mut rx) = mpsc::channel::<Vec<u8>>(BACKUP_QUEUE_CHUNKS);
+    let encoder = tokio::task::spawn_blocking(move || {
+        let sink = ChunkSink { tx, buf: Vec::with_capacity(BACKUP_CHUNK_LEN_MAX) };
+        encode_snapshot(sink, &backup.view, backup.meta)
+            .map(|(_, bytes, rows)| (bytes, rows, backup.wal_prefix))
+    });
+    let mut sent_bytes = 0u64;
+    while let Some(chunk) = rx.recv().await {
+        sent_bytes += chunk.len() as u64;
+        let message = BackupChunk { data: Bytes::from(chunk), last: false, part: "snapshot".into() };
+        if transport.feed(ServerMessage::from(message)).await.is_err() {
+            return false;
+        }
+    }
+    let (bytes, rows, wal_prefix) = match encoder.await {
+        Ok(Ok(done)) => done,
+        Ok(Err(e)) => {
+            refuse(transport, error_code::IO_ERROR, format!("base backup failed: {e}"), "").await;
+            return false;
+        }
+        Err(e) => {
+            refuse(transport, error_code::INTERNAL_ERROR, format!("base backup failed: {e}"), "").await;
+            return false;
+        }
+    };
+    debug_assert_eq!(bytes, sent_bytes, "every snapshot byte was sent");
+    let roles = shared.auth.export().into_bytes();
+    for (part, data) in [("wal_prefix", wal_prefix), ("roles", roles)] {
+        for piece in data.chunks(BACKUP_CHUNK_LEN_MAX) {
+            let message = BackupChunk { data: Bytes::copy_from_slice(piece), last: false, part: part.into() };
+            if transport.feed(ServerMessage::from(message)).await.is_err() {
+                return false;
+            }
+        }
+    }
+    let last = BackupChunk { data: Bytes::new(), last: true, part: String::new() };
+    if transport.send(ServerMessage::from(last)).await.is_err() {
+        return false;
+    }
+    tracing::info!(
+        lsn = %meta.lsn, rows, bytes, elapsed_ms = started.elapsed().as_millis() as u64,
+        "base backup sent"
+    );
+    true
+}
+
+/// A `Write` that hands fixed-size chunks to the connection task.
+struct ChunkSink {
+    tx: mpsc::Sender<Vec<u8>>,
+    buf: Vec<u8>,
+}
+
+impl ChunkSink {
+    fn ship(&mut self) -> std::io::Result<()> {
+        if self.buf.is_empty() {
+            return Ok(());
+        }
+        let chunk = std::mem::replace(&mut self.buf, Vec::with_capacity(BACKUP_CHUNK_LEN_MAX));
+        self.tx
+            .blocking_send(chunk)
+            .map_err(|_| std::io::Error::new(std::io::ErrorKind::BrokenPipe, "the replica went away"))
+    }
+}
+
+impl std::io::Write for ChunkSink {
+    fn write(&mut self, data: &[u8]) -> std::io::Result<usize> {
+        let n = data.len().min(BACKUP_CHUNK_LEN_MAX - self.buf.len());
+        self.buf.extend_from_slice(&data[..n]);
+        if self.buf.len() == BACKUP_CHUNK_LEN_MAX {
+            self.ship()?;
+        }
+        Ok(n)
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        self.ship()
+    }
+}
+
+/// Streams WAL from `start.start_lsn` until the connection ends.
+async fn stream(
+    shared: &Shared,
+    transport: &mut Transport,
+    peer: SocketAddr,
+    application: &str,
+    handle: Option<StandbyHandle>,
+    start: StartReplication,
+) {
+    let db = &shared.db;
+    let timeline = db.timeline();
+    let name =
+        if start.standby_name.is_empty() { application.to_string() } else { start.standby_name.clone() };
+    if start.timeline != timeline.0 {
+        let message =
+            format!("timeline {} was requested, but this server is on timeline {timeline}", start.timeline);
+        return refuse(
+            transport,
+            error_code::WAL_MISSING,
+            message,
+            "timeline switches arrive with promotion",
+        )
+        .await;
+    }
+    let mut pos = Lsn(start.start_lsn);
+    let flushed = db.flushed_lsn();
+    if pos > flushed {
+        let message = format!("requested start {pos} is ahead of this server's durable WAL end {flushed}");
+        let hint = "the replica has WAL this server does not: it belongs to another history; re-bootstrap it";
+        return refuse(transport, error_code::WAL_MISSING, message, hint).await;
+    }
+    let slot = (!start.slot.is_empty()).then(|| start.slot.clone());
+    let handle = match handle {
+        // After a base backup on this connection: the backup's hold already keeps the WAL.
+        Some(h) if slot.is_none() => h,
+        other => {
+            drop(other);
+            match shared.replication.register(name.clone(), peer, slot) {
+                Ok(h) => h,
+                Err(e) => return refuse(transport, e.code, e.message, &e.hint).await,
+            }
+        }
+    };
+    if let Err(e) = db.hold_wal(handle.hold_name(), pos, true) {
+        let message = format!("cannot stream from {pos}: {e}");
+        let hint = "re-bootstrap the replica from a new base backup (empty its data directory), and use a replication slot so the primary keeps the WAL it needs";
+        tracing::warn!(standby = %name, error = %message, "refusing to stream removed WAL");
+        return refuse(transport, error_code::WAL_MISSING, message, hint).await;
+    }
+    handle.set_state(StandbyState::Catchup);
+    tracing::info!(standby = %name, start = %pos, "streaming WAL");
+    let mut reader = RawWalReader::new(&db.wal_dir(), timeline, db.segment_size_bytes());
+    let mut published = shared.published.clone();
+    let mut last_heard = Instant::now();
+    let mut keepalive = tokio::time::interval(KEEPALIVE_INTERVAL);
+    keepalive.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut streaming = false;
+    loop {
+        // Send everything durable, frame by frame, reading replies in between.
+        let flushed = db.flushed_lsn();
+        if pos < flushed {
+            let mut data = Vec::new();
+            match reader.read(pos, flushed, WAL_DATA_LEN_MAX, &mut data) {
+                Ok(n) => {
+                    let message = WalData {
+                        start_lsn: pos.0,
+                        data: Bytes::from(data),
+                        server_flush_lsn: flushed.0,
+                        server_time_us: now_us(),
+                    };
+                    pos = pos.add(n as u64);
+                    if transport.send(ServerMessage::from(message)).await.is_err() {
+                        return;
+                    }
+                    handle.sent(pos);
+                }
+                Err(e @ RawReadError::Missing { .. }) => {
+                    let message =
+                        format!("{e}: WAL from {pos} on was removed before this standby received it");
+                    tracing::error!(standby = %name, error = %message, "WAL sender stopped");
+                    let hint =
+                        "re-bootstrap the replica, and use a replication slot so the primary keeps its WAL";
+                    return refuse(transport, error_code::WAL_MISSING, message, hint).await;
+                }
+                Err(e) => {
+                    tracing::error!(standby = %name, error = %e, "WAL sender stopped");
+                    return refuse(transport, error_code::IO_ERROR, e.to_string(), "").await;
+                }
+            }
+            // Between frames, take what the standby sent without waiting.
+            while let Some(Some(Ok(message))) = futures::FutureExt::now_or_never(transport.next()) {
+                last_heard = Instant::now();
+                if !on_standby_message(transport, &handle, message).await {
+                    return;
+                }
+            }
+            continue;
+        }
+        if !streaming {
+            streaming = true;
+            handle.set_state(StandbyState::Streaming);
+        }
+        tokio::select! {
+            biased;
+            () = shared.shutdown.cancelled() => {
+                refuse_shutting_down(transport).await;
+                return;
+            }
+            incoming = recv(transport) => match incoming {
+                Incoming::Message(message) => {
+                    last_heard = Instant::now();
+                    if !on_standby_message(transport, &handle, message).await {
+                        return;
+                    }
+                }
+                Incoming::Eof | Incoming::Failed(_) => {
+                    tracing::info!(standby = %name, "standby disconnected");
+                    return;
+                }
+                Incoming::Violation(e) => {
+                    refuse(transport, error_code::PROTOCOL_VIOLATION, e.to_string(), "").await;
+                    return;
+                }
+            },
+            changed = published.changed() => {
+                if changed.is_err() {
+                    return;
+                }
+            }
+            _ = keepalive.tick() => {
+                if last_heard.elapsed() > STANDBY_TIMEOUT {
+                    tracing::warn!(standby = %name, "standby silent for {STANDBY_TIMEOUT:?}; closing");
+                    return;
+                }
+                let message = Keepalive { server_flush_lsn: db.flushed_lsn().0, server_time_us: now_us(), reply_requested: true };
+                if transport.send(ServerMessage::from(message)).await.is_err() {
+                    return;
+                }
+            }
+        }
+    }
+}
+
+/// Handles a message from a streaming standby; false ends the connection.
+async fn on_standby_message(
+    transport: &mut Transport,
+    handle: &StandbyHandle,
+    message: ClientMessage,
+) -> bool {
+    match message.msg {
+        Some(Msg::StandbyStatus(s)) => {
+            handle.ack(StandbyPositions {
+                received: Lsn(s.received_lsn),
+                written: Lsn(s.written_lsn),
+                flushed: Lsn(s.flushed_lsn),
+                replayed: Lsn(s.replayed_lsn),
+            });
+            true
+        }
+        Some(Msg::Terminate(_)) => false,
+        other => {
+            let kind = hindsight_protocol::Envelope::kind(&ClientMessage { msg: other });
+            let message = format!("{kind} is not accepted while WAL streams");
+            refuse(transport, error_code::PROTOCOL_VIOLATION, message, "").await;
+            false
+        }
+    }
+}

@@ -23,6 +23,12 @@ pub enum ErrorCode {
     GroupingError,
     /// CREATE TABLE of a name that exists.
     DuplicateTable,
+    /// The creation of another named object (a replication slot) whose name is taken.
+    DuplicateObject,
+    /// A named object other than a table or column (a replication slot) does not exist.
+    UndefinedObject,
+    /// An object that is in use cannot be changed or dropped now (a slot a standby streams from).
+    ObjectInUse,
     /// An INSERT of a primary key that exists.
     UniqueViolation,
     /// A NULL into a NOT NULL column.
@@ -64,6 +70,9 @@ impl ErrorCode {
             ErrorCode::UndefinedFunction => "undefined_function",
             ErrorCode::GroupingError => "grouping_error",
             ErrorCode::DuplicateTable => "duplicate_table",
+            ErrorCode::DuplicateObject => "duplicate_object",
+            ErrorCode::UndefinedObject => "undefined_object",
+            ErrorCode::ObjectInUse => "object_in_use",
             ErrorCode::UniqueViolation => "unique_violation",
             ErrorCode::NotNullViolation => "not_null_violation",
             ErrorCode::DatatypeMismatch => "datatype_mismatch",

@@ -22,9 +22,11 @@
 //! - [`auth`]: roles (`admin`, `replication`, `readonly`), secrets, `admin.secret`.
 //! - [`client`]: [`Client`], used by the shell, the benchmarks and the tests.
 //!
-//! Not here yet (later milestones): the WAL sender, base backups, the archiver, synchronous
-//! replication waits and replication slots. Replication connections are refused with
-//! `feature_not_supported` until then.
+//! - [`replication`]: connected standbys, their positions and lag, replication slots
+//!   (`DATA_DIR/replication_slots`), and synchronous commit waits.
+//! - `walsender`: a replication connection's server side: base backups and WAL streaming.
+//!
+//! Not here yet (later milestones): the archiver.
 
 #![warn(missing_docs)]
 

@@ -77,7 +77,9 @@ pub(crate) async fn serve_replication(
                 }
                 let h = match shared.replication.register(application.clone(), peer, None) {
                     Ok(h) => h,
-                    Err(e) => return refuse(transport, e.code, e.message, &e.hint).await,
+                    Err(e) => {
+                        return refuse(transport, e.code, e.message, e.hint.as_deref().unwrap_or("")).await
+                    }
                 };
                 h.set_state(StandbyState::Backup);
                 if !send_base_backup(shared, transport, &h).await {
@@ -254,7 +256,7 @@ async fn stream(
             drop(other);
             match shared.replication.register(name.clone(), peer, slot) {
                 Ok(h) => h,
-                Err(e) => return refuse(transport, e.code, e.message, &e.hint).await,
+                Err(e) => return refuse(transport, e.code, e.message, e.hint.as_deref().unwrap_or("")).await,
             }
         }
     };

@@ -63,6 +63,12 @@ pub const INVALID_PARAMETER_VALUE: &str = "invalid_parameter_value";
 pub const INVALID_TRANSACTION_STATE: &str = "invalid_transaction_state";
 /// A row, statement or transaction past a named limit.
 pub const PROGRAM_LIMIT_EXCEEDED: &str = "program_limit_exceeded";
+/// The creation of a named object (a replication slot) whose name is taken.
+pub const DUPLICATE_OBJECT: &str = "duplicate_object";
+/// A named object other than a table or column (a replication slot) does not exist.
+pub const UNDEFINED_OBJECT: &str = "undefined_object";
+/// An object in use cannot be dropped or used again now (a slot a standby streams from).
+pub const OBJECT_IN_USE: &str = "object_in_use";
 
 /// Every code above, for documentation checks and tests.
 pub const ALL: &[&str] = &[
@@ -79,6 +85,9 @@ pub const ALL: &[&str] = &[
     INVALID_PARAMETER_VALUE,
     INVALID_TRANSACTION_STATE,
     PROGRAM_LIMIT_EXCEEDED,
+    DUPLICATE_OBJECT,
+    UNDEFINED_OBJECT,
+    OBJECT_IN_USE,
     FEATURE_NOT_SUPPORTED,
     IN_FAILED_TRANSACTION,
     SERIALIZATION_FAILURE,

@@ -1,11 +1,15 @@
 //! Administration statements, hand-parsed before `sqlparser` sees the text: `CHECKPOINT`,
-//! `CREATE RESTORE POINT`, `SHOW …`, `SET`/`RESET`, and the replica controls (`PAUSE REPLAY`,
-//! `RESUME REPLAY`, `PROMOTE`).
+//! `CREATE RESTORE POINT`, `SHOW …`, `SET`/`RESET`, replication (`SHOW REPLICATION`,
+//! `SHOW RECOVERY`, `CREATE REPLICATION SLOT`, `DROP REPLICATION SLOT`) and the replica
+//! controls (`PAUSE REPLAY`, `RESUME REPLAY`, `PROMOTE`).
 //!
 //! Every administration command is one [`AdminStatement`] variant, parsed here and executed by
-//! [`execute`]; the replica commands parse fully today (so a typo is a syntax error, not
-//! "unsupported") and answer `feature_not_supported` until replicas exist.
+//! [`execute`]. Replication statements are answered by the session's
+//! [`ReplicationHost`] (the server's); without one they are `feature_not_supported`. The replay
+//! controls parse fully today (so a typo is a syntax error, not "unsupported") and answer
+//! `feature_not_supported` until point-in-time recovery exists.
 
+use super::host::{self, ReplicationHost};
 use super::{Column, StatementResult};
 use crate::db::Database;
 use crate::error::{ErrorCode, SqlError};
@@ -41,6 +45,10 @@ pub enum AdminStatement {
     ShowReplication,
     /// `SHOW RECOVERY`.
     ShowRecovery,
+    /// `CREATE REPLICATION SLOT name`; the name is checked and folded to lower case.
+    CreateReplicationSlot(String),
+    /// `DROP REPLICATION SLOT name`; the name is checked and folded to lower case.
+    DropReplicationSlot(String),
     /// `PAUSE REPLAY`.
     PauseReplay,
     /// `RESUME REPLAY [UNTIL target [EXCLUSIVE]]`.
@@ -173,6 +181,16 @@ impl Cursor {
     }
 }
 
+/// The slot name of `CREATE`/`DROP REPLICATION SLOT`, bare or quoted, checked by
+/// [`host::slot_name`].
+fn slot_name(c: &mut Cursor, statement: &str) -> Result<String, SqlError> {
+    match c.next() {
+        Some(Tok::Word(w) | Tok::Str(w)) => host::slot_name(&w),
+        _ => Err(syntax(format!("expected a slot name after {statement}"))
+            .with_hint(format!("e.g. {statement} replica_1"))),
+    }
+}
+
 fn setting_name(c: &mut Cursor, statement: &str) -> Result<String, SqlError> {
     match c.next() {
         Some(Tok::Word(w)) => Ok(w.to_lowercase()),
@@ -191,7 +209,9 @@ pub(crate) fn parse(text: &str) -> Option<Result<AdminStatement, SqlError>> {
         "CHECKPOINT" | "SHOW" | "PAUSE" | "RESUME" | "PROMOTE" | "RESET" => true,
         // SET is ours except SET TRANSACTION …, which the SQL path refuses with a clear message.
         "SET" => !second_is("TRANSACTION"),
-        "CREATE" => second_is("RESTORE"),
+        "CREATE" => second_is("RESTORE") || second_is("REPLICATION"),
+        // DROP TABLE and the rest belong to the SQL parser.
+        "DROP" => second_is("REPLICATION"),
         _ => false,
     };
     if !admin {
@@ -206,11 +226,24 @@ fn parse_admin(text: &str) -> Result<AdminStatement, SqlError> {
         c.end("CHECKPOINT")?;
         AdminStatement::Checkpoint
     } else if c.keyword("CREATE") {
-        c.expect("RESTORE", "CREATE RESTORE POINT")?;
-        c.expect("POINT", "CREATE RESTORE POINT")?;
-        let name = c.string("restore point name, e.g. CREATE RESTORE POINT 'before_migration'")?;
-        c.end("CREATE RESTORE POINT")?;
-        AdminStatement::CreateRestorePoint(name)
+        if c.keyword("REPLICATION") {
+            c.expect("SLOT", "CREATE REPLICATION SLOT")?;
+            let name = slot_name(&mut c, "CREATE REPLICATION SLOT")?;
+            c.end("CREATE REPLICATION SLOT")?;
+            AdminStatement::CreateReplicationSlot(name)
+        } else {
+            c.expect("RESTORE", "CREATE RESTORE POINT")?;
+            c.expect("POINT", "CREATE RESTORE POINT")?;
+            let name = c.string("restore point name, e.g. CREATE RESTORE POINT 'before_migration'")?;
+            c.end("CREATE RESTORE POINT")?;
+            AdminStatement::CreateRestorePoint(name)
+        }
+    } else if c.keyword("DROP") {
+        c.expect("REPLICATION", "DROP REPLICATION SLOT")?;
+        c.expect("SLOT", "DROP REPLICATION SLOT")?;
+        let name = slot_name(&mut c, "DROP REPLICATION SLOT")?;
+        c.end("DROP REPLICATION SLOT")?;
+        AdminStatement::DropReplicationSlot(name)
     } else if c.keyword("SHOW") {
         let name = setting_name(&mut c, "SHOW")?;
         c.end("SHOW")?;
@@ -377,10 +410,17 @@ impl Settings {
     }
 }
 
-fn replica_feature(what: &str) -> SqlError {
-    SqlError::new(ErrorCode::FeatureNotSupported, format!("{what} is not available on this server"))
+/// A replication statement in a session without a [`ReplicationHost`].
+fn no_host(what: &str) -> SqlError {
+    SqlError::new(ErrorCode::FeatureNotSupported, format!("{what} is not available without a server"))
+        .with_hint("replication is run by a server: connect to a `hindsight primary` or `hindsight replica`")
+}
+
+/// A replay control, which needs point-in-time recovery.
+fn replay_feature(what: &str) -> SqlError {
+    SqlError::new(ErrorCode::FeatureNotSupported, format!("{what} is not available on this server yet"))
         .with_hint(
-            "replication and replay control arrive with replicas (`hindsight replica`) in the next release",
+            "replay control on a replica (PAUSE REPLAY, RESUME REPLAY, PROMOTE) arrives with point-in-time recovery",
         )
 }
 
@@ -394,7 +434,9 @@ pub(crate) fn execute(
     settings: &mut Settings,
     stmt: &AdminStatement,
     session_read_only: bool,
+    host: Option<&dyn ReplicationHost>,
 ) -> Result<StatementResult, SqlError> {
+    let host = |what: &str| host.ok_or_else(|| no_host(what));
     let read_only = |what: &str| -> Result<(), SqlError> {
         if db.is_read_only() {
             Err(super::session::read_only_error(what))
@@ -459,11 +501,25 @@ pub(crate) fn execute(
                 rows: vec![vec![Value::Int(i64::from(s.timeline.0)), Value::Null, Value::Null, Value::Null]],
             }
         }
-        AdminStatement::ShowReplication => return Err(replica_feature("SHOW REPLICATION")),
-        AdminStatement::ShowRecovery => return Err(replica_feature("SHOW RECOVERY")),
-        AdminStatement::PauseReplay => return Err(replica_feature("PAUSE REPLAY")),
-        AdminStatement::ResumeReplay { .. } => return Err(replica_feature("RESUME REPLAY")),
-        AdminStatement::Promote => return Err(replica_feature("PROMOTE")),
+        AdminStatement::ShowReplication => host("SHOW REPLICATION")?.show_replication()?,
+        AdminStatement::ShowRecovery => host("SHOW RECOVERY")?.show_recovery()?,
+        AdminStatement::CreateReplicationSlot(name) => {
+            // A replica may create slots, for replicas that stream from it (cascading); a
+            // read-only role may not.
+            if session_read_only {
+                return Err(super::session::role_read_only_error("CREATE REPLICATION SLOT"));
+            }
+            host("CREATE REPLICATION SLOT")?.create_replication_slot(name)?
+        }
+        AdminStatement::DropReplicationSlot(name) => {
+            if session_read_only {
+                return Err(super::session::role_read_only_error("DROP REPLICATION SLOT"));
+            }
+            host("DROP REPLICATION SLOT")?.drop_replication_slot(name)?
+        }
+        AdminStatement::PauseReplay => return Err(replay_feature("PAUSE REPLAY")),
+        AdminStatement::ResumeReplay { .. } => return Err(replay_feature("RESUME REPLAY")),
+        AdminStatement::Promote => return Err(replay_feature("PROMOTE")),
         AdminStatement::Set { name, value } => {
             settings.set(name, value.as_deref())?;
             StatementResult::tag("SET")
@@ -550,6 +606,107 @@ mod tests {
         assert_eq!(p("SET SESSION synchronous_commit=DEFAULT").unwrap(), set(None));
         assert_eq!(p("SHOW synchronous_commit").unwrap(), AdminStatement::Show("synchronous_commit".into()));
         assert_eq!(p("RESET ALL").unwrap(), AdminStatement::Reset("all".into()));
+        assert_eq!(
+            p("create replication slot Replica_1").unwrap(),
+            AdminStatement::CreateReplicationSlot("replica_1".into())
+        );
+        assert_eq!(
+            p("CREATE REPLICATION SLOT 'quoted_name'").unwrap(),
+            AdminStatement::CreateReplicationSlot("quoted_name".into())
+        );
+        assert_eq!(
+            p("DROP REPLICATION SLOT r2 -- gone").unwrap(),
+            AdminStatement::DropReplicationSlot("r2".into())
+        );
+    }
+
+    #[test]
+    fn slot_statements_are_checked() {
+        assert!(parse("DROP TABLE t").is_none(), "DROP TABLE is the SQL parser's");
+        assert!(parse("CREATE TABLE replication (id BIGINT PRIMARY KEY)").is_none());
+        for (bad, code, says) in [
+            ("CREATE REPLICATION SLOT", ErrorCode::SyntaxError, "expected a slot name"),
+            ("CREATE REPLICATION", ErrorCode::SyntaxError, "expected SLOT"),
+            ("CREATE REPLICATION SLOT a b", ErrorCode::SyntaxError, "unexpected b"),
+            ("DROP REPLICATION SLOT", ErrorCode::SyntaxError, "expected a slot name"),
+            ("DROP REPLICATION SLOTS x", ErrorCode::SyntaxError, "expected SLOT"),
+            ("CREATE REPLICATION SLOT my-slot", ErrorCode::InvalidParameterValue, "\"my-slot\""),
+            ("DROP REPLICATION SLOT ''", ErrorCode::InvalidParameterValue, "empty"),
+        ] {
+            let e = p(bad).unwrap_err();
+            assert_eq!(e.code, code, "{bad}: {e}");
+            assert!(e.message.contains(says), "{bad}: {e}");
+        }
+        let long = format!("CREATE REPLICATION SLOT {}", "x".repeat(64));
+        assert_eq!(p(&long).unwrap_err().code, ErrorCode::InvalidParameterValue);
+    }
+
+    /// A host that records what it was asked.
+    #[derive(Default)]
+    struct FakeHost {
+        calls: std::sync::Mutex<Vec<String>>,
+    }
+
+    impl ReplicationHost for FakeHost {
+        fn show_replication(&self) -> Result<StatementResult, SqlError> {
+            self.calls.lock().unwrap().push("show replication".into());
+            Ok(StatementResult::Rows { columns: vec![Column::new("name", DataType::Text)], rows: vec![] })
+        }
+        fn show_recovery(&self) -> Result<StatementResult, SqlError> {
+            Err(SqlError::new(ErrorCode::FeatureNotSupported, "not in recovery"))
+        }
+        fn create_replication_slot(&self, name: &str) -> Result<StatementResult, SqlError> {
+            self.calls.lock().unwrap().push(format!("create {name}"));
+            Ok(StatementResult::tag("CREATE REPLICATION SLOT"))
+        }
+        fn drop_replication_slot(&self, name: &str) -> Result<StatementResult, SqlError> {
+            self.calls.lock().unwrap().push(format!("drop {name}"));
+            Ok(StatementResult::tag("DROP REPLICATION SLOT"))
+        }
+    }
+
+    #[test]
+    fn replication_statements_go_to_the_host() {
+        let dir = tempfile::tempdir().unwrap();
+        let config = crate::db::Config { fsync: false, ..crate::db::Config::default() };
+        let db = Database::open(dir.path(), config).unwrap();
+        let mut settings = Settings::default();
+        let run =
+            |settings: &mut Settings, sql: &str, read_only: bool, host: Option<&dyn ReplicationHost>| {
+                execute(&db, settings, &p(sql).unwrap(), read_only, host)
+            };
+        // Without a host: feature_not_supported, saying a server is needed.
+        for sql in
+            ["SHOW REPLICATION", "SHOW RECOVERY", "CREATE REPLICATION SLOT a", "DROP REPLICATION SLOT a"]
+        {
+            let e = run(&mut settings, sql, false, None).unwrap_err();
+            assert_eq!(e.code, ErrorCode::FeatureNotSupported, "{sql}");
+            assert!(e.message.contains("without a server") && e.hint.is_some(), "{sql}: {e}");
+        }
+        // The replay controls wait for point-in-time recovery, host or not.
+        let host = FakeHost::default();
+        for sql in ["PAUSE REPLAY", "RESUME REPLAY", "PROMOTE"] {
+            for h in [None, Some(&host as &dyn ReplicationHost)] {
+                let e = run(&mut settings, sql, false, h).unwrap_err();
+                assert_eq!(e.code, ErrorCode::FeatureNotSupported, "{sql}");
+                assert!(e.hint.as_deref().unwrap().contains("point-in-time recovery"), "{sql}: {e}");
+            }
+        }
+        // With a host: answered by it; slot changes need a role that may write.
+        let h = Some(&host as &dyn ReplicationHost);
+        assert!(matches!(run(&mut settings, "SHOW REPLICATION", true, h), Ok(StatementResult::Rows { .. })));
+        assert_eq!(run(&mut settings, "SHOW RECOVERY", false, h).unwrap_err().message, "not in recovery");
+        run(&mut settings, "CREATE REPLICATION SLOT Standby_A", false, h).unwrap();
+        run(&mut settings, "DROP REPLICATION SLOT standby_a", false, h).unwrap();
+        for sql in ["CREATE REPLICATION SLOT b", "DROP REPLICATION SLOT b"] {
+            let e = run(&mut settings, sql, true, h).unwrap_err();
+            assert_eq!(e.code, ErrorCode::ReadOnly, "{sql}");
+            assert!(e.message.contains("role"), "{sql}: {e}");
+        }
+        assert_eq!(
+            *host.calls.lock().unwrap(),
+            ["show replication", "create standby_a", "drop standby_a"].map(String::from)
+        );
     }
 
     #[test]

@@ -41,7 +41,7 @@ use crate::value::{DataType, Value};
 
 pub use admin::{AdminStatement, ReplayTarget};
 pub use exec::SessionStats;
-pub use host::ReplicationHost;
+pub use host::{slot_name, ReplicationHost, SLOT_NAME_LEN_MAX};
 pub(crate) use session::read_only_error;
 pub use session::Session;
 

@@ -14,6 +14,7 @@
 use super::admin::{self, Settings};
 use super::compile::{now_us, Env};
 use super::exec::{self, SessionStats};
+use super::host::ReplicationHost;
 use super::plan::{self, Access};
 use super::split::{self, split_statements};
 use super::transaction::Txn;
@@ -142,6 +143,8 @@ pub struct Session {
     stats: SessionStats,
     /// Set for sessions of read-only roles: every write is refused, whatever the database.
     read_only: bool,
+    /// The server's replication state and control; `None` for the engine on its own.
+    host: Option<Arc<dyn ReplicationHost>>,
 }
 
 // A server moves sessions between threads.
@@ -159,11 +162,16 @@ impl Session {
             settings: Settings::default(),
             stats: SessionStats::default(),
             read_only: false,
+            host: None,
         }
     }
 
-    /// STUB: replaced by the real one.
-    pub fn set_host(&mut self, _host: Arc<dyn super::ReplicationHost>) {}
+    /// Gives this session the server's replication state and control, which answers
+    /// `SHOW REPLICATION`, `SHOW RECOVERY` and `CREATE`/`DROP REPLICATION SLOT` (without a host
+    /// they are `feature_not_supported`).
+    pub fn set_host(&mut self, host: Arc<dyn ReplicationHost>) {
+        self.host = Some(host);
+    }
 
     /// Makes this session refuse every write and administrative change with `read_only`
     /// (the server does this for sessions of the `readonly` and `replication` roles).
@@ -359,7 +367,9 @@ impl Session {
 
     fn dispatch(&mut self, parsed: Parsed<'_>) -> Result<StatementResult, SqlError> {
         let stmt = match parsed {
-            Parsed::Admin(a) => return admin::execute(&self.db, &mut self.settings, &a, self.read_only),
+            Parsed::Admin(a) => {
+                return admin::execute(&self.db, &mut self.settings, &a, self.read_only, self.host.as_deref())
+            }
             Parsed::Bulk(b) => {
                 let (n, info) = self.in_txn(Some("INSERT"), |txn, _, _| bulk::execute(txn, &b))?;
                 return Ok(command(format!("INSERT 0 {n}"), n, info));

@@ -51,7 +51,7 @@ enum Command {
     /// Run a primary server: takes writes, logs them, serves queries.
     Primary(PrimaryArgs),
     /// Run a replica: restore a backup, replay WAL to a target, pause, promote.
-    Replica(ReplicaArgs),
+    Replica(Box<ReplicaArgs>),
     /// An interactive SQL shell, or run SQL from -c, -f or a pipe.
     Shell(shell::ShellArgs),
     /// Create, list, show, verify and expire base backups in an archive.
@@ -274,7 +274,7 @@ fn main() -> ExitCode {
         Command::Primary(args) => report(run_primary(args)),
         Command::Shell(args) => shell::run(args),
         Command::Demo => report(demo::run()),
-        Command::Replica(args) => report(run_replica(args)),
+        Command::Replica(args) => report(run_replica(*args)),
         Command::Backup(_) => not_available("backup", "the archive milestone"),
         Command::Wal(_) => not_available("wal", "the archive milestone"),
     }

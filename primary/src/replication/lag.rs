@@ -66,7 +66,7 @@ impl LagSamples {
                 .samples
                 .iter()
                 .enumerate()
-                .filter(|(i, _)| (len - 1 - i) % 2 == 0)
+                .filter(|(i, _)| (len - 1 - i).is_multiple_of(2))
                 .map(|(_, s)| *s)
                 .collect();
             self.samples = kept;

@@ -214,13 +214,20 @@ async fn a_client_vanishing_mid_transaction_leaves_no_trace() -> anyhow::Result<
 
 #[test]
 fn later_milestones_exit_2_with_one_line() -> anyhow::Result<()> {
-    for args in [
-        &["replica", "--data", "x"][..],
-        &["backup", "list", "--archive", "x"][..],
-        &["wal", "inspect", "--data", "x"][..],
-    ] {
+    for args in [&["backup", "list", "--archive", "x"][..], &["wal", "inspect", "--data", "x"][..]] {
         let output = run_bin(args)?;
         assert_eq!(output.status.code(), Some(2), "{args:?}");
+        let err = stderr(&output);
+        assert_eq!(err.lines().count(), 1, "{err}");
+        assert!(err.contains("not available yet: arrives with"), "{err}");
+    }
+    // The replica exists; its archive and target options arrive later, each refused in one line.
+    for args in [
+        &["replica", "--data", "x", "--archive", "y"][..],
+        &["replica", "--data", "x", "--primary", "127.0.0.1:1", "--target-lsn", "0/1"][..],
+    ] {
+        let output = run_bin(args)?;
+        assert_eq!(output.status.code(), Some(1), "{args:?}");
         let err = stderr(&output);
         assert_eq!(err.lines().count(), 1, "{err}");
         assert!(err.contains("not available yet: arrives with"), "{err}");

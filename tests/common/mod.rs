@@ -69,6 +69,12 @@ impl Primary {
 
     /// Starts a primary with extra arguments (e.g. `--config FILE`).
     pub fn start_with(data: &Path, extra: &[&str]) -> anyhow::Result<Primary> {
+        Primary::start_on(data, "127.0.0.1:0", extra)
+    }
+
+    /// Starts a primary listening on `listen` (e.g. the address an earlier run got, to restart
+    /// it where its replicas look for it).
+    pub fn start_on(data: &Path, listen: &str, extra: &[&str]) -> anyhow::Result<Primary> {
         let log_path = log_path_for(data);
         let log = std::fs::OpenOptions::new()
             .create(true)
@@ -79,7 +85,7 @@ impl Primary {
             .arg("primary")
             .arg("--data")
             .arg(data)
-            .args(["--listen", "127.0.0.1:0"])
+            .args(["--listen", listen])
             .args(extra)
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
@@ -171,6 +177,246 @@ impl Drop for Primary {
             let _ = self.child.wait();
         }
     }
+}
+
+/// How many times a server is started on a fixed address while that address is still taken
+/// (by the process it replaces, or by a connection that happened to get the port).
+pub const BIND_ATTEMPTS: u32 = 10;
+
+impl Primary {
+    /// Restarts a primary on `listen`, the address its earlier run got, so that replicas
+    /// following that address reconnect. A bind failure is retried [`BIND_ATTEMPTS`] times.
+    pub fn restart_on(data: &Path, listen: &str, extra: &[&str]) -> anyhow::Result<Primary> {
+        retry_bind(&log_path_for(data), "the primary", || Primary::start_on(data, listen, extra))
+    }
+}
+
+/// Runs `start` until it succeeds, retrying while the server's new log lines say its address
+/// is in use.
+pub fn retry_bind<T>(
+    log_path: &Path,
+    what: &str,
+    mut start: impl FnMut() -> anyhow::Result<T>,
+) -> anyhow::Result<T> {
+    let mut attempt = 1;
+    loop {
+        let log_before = std::fs::metadata(log_path).map(|m| m.len()).unwrap_or(0);
+        match start() {
+            Ok(server) => return Ok(server),
+            Err(e) => {
+                let new_lines = read_log(log_path).get(log_before as usize..).unwrap_or_default().to_string();
+                if attempt < BIND_ATTEMPTS && new_lines.contains("Address already in use") {
+                    eprintln!("{what}: address still in use (attempt {attempt}); retrying");
+                    std::thread::sleep(POLL_INTERVAL * 10 * attempt);
+                    attempt += 1;
+                    continue;
+                }
+                return Err(e).with_context(|| format!("restart {what} (attempt {attempt})"));
+            }
+        }
+    }
+}
+
+/// A `hindsight replica` process; killed when dropped.
+pub struct Replica {
+    child: Child,
+    /// The address from the ready line.
+    pub addr: String,
+    /// The system id from the ready line.
+    pub system_id: u64,
+    /// The data directory.
+    pub data: PathBuf,
+    /// Where its stderr (the log) goes.
+    pub log_path: PathBuf,
+    /// The upstream it follows (`--primary`).
+    pub upstream: String,
+    /// Its `--name`.
+    pub name: String,
+    /// The password it logs in upstream with; it accepts the same for its own sessions.
+    password: String,
+}
+
+impl Replica {
+    /// Starts a replica of `upstream` on `data` (empty: bootstrap; a replica's: resume)
+    /// listening on a free port, logging in with the password in `password_file`, and waits
+    /// for its ready line. `extra` are more arguments (`--slot S`, `--config FILE`).
+    pub fn start(
+        data: &Path,
+        upstream: &str,
+        password_file: &Path,
+        name: &str,
+        extra: &[&str],
+    ) -> anyhow::Result<Replica> {
+        Replica::start_on(data, "127.0.0.1:0", upstream, password_file, name, extra)
+    }
+
+    /// Starts a replica listening on `listen`.
+    pub fn start_on(
+        data: &Path,
+        listen: &str,
+        upstream: &str,
+        password_file: &Path,
+        name: &str,
+        extra: &[&str],
+    ) -> anyhow::Result<Replica> {
+        let password = std::fs::read_to_string(password_file)
+            .with_context(|| format!("read the password file {}", password_file.display()))?
+            .trim()
+            .to_string();
+        let log_path = log_path_for(data);
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&log_path)
+            .context("open the replica's log file")?;
+        let mut child = Command::new(BIN)
+            .arg("replica")
+            .arg("--data")
+            .arg(data)
+            .args(["--primary", upstream, "--listen", listen])
+            .arg("--password-file")
+            .arg(password_file)
+            .args(["--name", name])
+            .args(extra)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(log)
+            .spawn()
+            .context("spawn hindsight replica")?;
+        let line = match first_stdout_line(&mut child, "replica") {
+            Some(line) => line,
+            None => {
+                let _ = child.kill();
+                let _ = child.wait();
+                bail!("the replica {name} printed no ready line; its log:\n{}", read_log(&log_path));
+            }
+        };
+        let ready = hindsight_primary::ready::ReadyLine::parse(&line)
+            .with_context(|| format!("unexpected ready line {line:?}"))?;
+        anyhow::ensure!(
+            ready.role == "replica",
+            "a replica's ready line names role {:?}: {line:?}",
+            ready.role
+        );
+        anyhow::ensure!(
+            ready.data == data.display().to_string(),
+            "ready line names another directory: {line:?}"
+        );
+        Ok(Replica {
+            child,
+            addr: ready.addr,
+            system_id: ready.system_id,
+            data: data.to_path_buf(),
+            log_path,
+            upstream: upstream.to_string(),
+            name: name.to_string(),
+            password,
+        })
+    }
+
+    /// Restarts a replica on `listen`, the address its earlier run got (a cascaded replica
+    /// follows that address). A bind failure is retried [`BIND_ATTEMPTS`] times.
+    pub fn restart_on(
+        data: &Path,
+        listen: &str,
+        upstream: &str,
+        password_file: &Path,
+        name: &str,
+        extra: &[&str],
+    ) -> anyhow::Result<Replica> {
+        retry_bind(&log_path_for(data), &format!("the replica {name}"), || {
+            Replica::start_on(data, listen, upstream, password_file, name, extra)
+        })
+    }
+
+    /// The password its sessions log in with (the primary's admin secret).
+    pub fn password(&self) -> String {
+        self.password.clone()
+    }
+
+    /// Connect options for the admin role.
+    pub fn admin(&self) -> ConnectOptions {
+        ConnectOptions { password: self.password(), ..ConnectOptions::default() }
+    }
+
+    /// A client logged in as admin.
+    pub async fn connect(&self) -> anyhow::Result<Client> {
+        Client::connect(self.addr.as_str(), self.admin())
+            .await
+            .with_context(|| format!("connect to the replica {} as admin", self.name))
+    }
+
+    /// The process id.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// Sends SIGTERM and waits for the exit.
+    pub fn terminate(&mut self) -> anyhow::Result<ExitStatus> {
+        signal(self.child.id(), libc::SIGTERM)?;
+        wait_exit(&mut self.child, "the replica to exit after SIGTERM")
+    }
+
+    /// Sends SIGKILL and reaps the process.
+    pub fn kill9(&mut self) -> anyhow::Result<()> {
+        signal(self.child.id(), libc::SIGKILL)?;
+        wait_exit(&mut self.child, "the replica to die of SIGKILL")?;
+        Ok(())
+    }
+
+    /// Whether the process is still running.
+    pub fn is_running(&mut self) -> bool {
+        matches!(self.child.try_wait(), Ok(None))
+    }
+
+    /// The replica's log so far.
+    pub fn log(&self) -> String {
+        read_log(&self.log_path)
+    }
+}
+
+impl Drop for Replica {
+    fn drop(&mut self) {
+        if self.is_running() {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+}
+
+/// The first line `child` prints on stdout, within [`DEADLINE`]; `None` when it exits (or
+/// closes stdout) first or the deadline passes. Later lines are reported as unexpected.
+fn first_stdout_line(child: &mut Child, what: &'static str) -> Option<String> {
+    let stdout = child.stdout.take()?;
+    let (tx, rx) = mpsc::sync_channel(4);
+    std::thread::spawn(move || {
+        let mut lines = BufReader::new(stdout).lines();
+        if let Some(Ok(line)) = lines.next() {
+            let _ = tx.send(line);
+        }
+        for line in lines.map_while(Result::ok) {
+            eprintln!("unexpected stdout line from the {what}: {line}");
+        }
+    });
+    rx.recv_timeout(DEADLINE).ok()
+}
+
+/// `SHOW STATUS` as (name, value) pairs, values as text.
+pub async fn show_status(client: &mut Client) -> anyhow::Result<std::collections::BTreeMap<String, String>> {
+    let results = client.query("SHOW STATUS").await.context("SHOW STATUS")?;
+    let result = results.first().context("SHOW STATUS returned no result")?;
+    Ok(result.rows.iter().map(|row| (row[0].to_string(), row[1].to_string())).collect())
+}
+
+/// A one-row `SHOW …` (RECOVERY) as column name → value.
+pub async fn show_one_row(
+    client: &mut Client,
+    sql: &str,
+) -> anyhow::Result<std::collections::BTreeMap<String, hindsight_primary::client::Value>> {
+    let results = client.query(sql).await.with_context(|| format!("run {sql}"))?;
+    let result = results.first().with_context(|| format!("{sql} returned no result"))?;
+    anyhow::ensure!(result.rows.len() == 1, "{sql} returned {} rows: {:?}", result.rows.len(), result.rows);
+    Ok(result.columns.iter().map(|c| c.name.clone()).zip(result.rows[0].iter().cloned()).collect())
 }
 
 /// The log file next to a data directory.

@@ -128,7 +128,7 @@ impl WalHolds {
             if let Some(cap) = cap.filter(|_| h.capped) {
                 if behind > cap {
                     let why = format!(
-                        "invalidated: it needed WAL from {} but fell {behind} bytes behind {insert_lsn}, past max_slot_wal_keep_size ({cap} bytes)",
+                        "invalidated: it needed WAL from {} but fell {behind} bytes behind {insert_lsn}, past max_slot_wal_keep_bytes ({cap})",
                         h.lsn
                     );
                     tracing::error!(hold = %h.name, lsn = %h.lsn, behind, cap, "WAL hold {why}");
@@ -165,7 +165,7 @@ mod tests {
         });
         assert_eq!(kept, Lsn(1500), "the slot fell 1100 bytes behind and no longer keeps WAL");
         let slot = holds.get("slot:a").unwrap();
-        assert!(slot.invalidated.as_deref().unwrap().contains("max_slot_wal_keep_size"), "{slot:?}");
+        assert!(slot.invalidated.as_deref().unwrap().contains("max_slot_wal_keep_bytes"), "{slot:?}");
         holds.hold("slot:a", Lsn(1550), true).unwrap();
         assert!(holds.get("slot:a").unwrap().invalidated.is_some(), "moving does not revive it");
         assert_eq!(

@@ -218,7 +218,7 @@ fn an_invalidated_slot_is_shown_persisted_and_refused() {
     assert!(db.wal_hold("slot:far_behind").unwrap().invalidated.is_some(), "the engine gave up on the slot");
     let row = rows(r.show_replication().unwrap()).remove(0);
     let Value::Text(status) = &row[13] else { panic!("{row:?}") };
-    assert!(status.starts_with("invalidated: ") && status.contains("max_slot_wal_keep_size"), "{status}");
+    assert!(status.starts_with("invalidated: ") && status.contains("max_slot_wal_keep_bytes"), "{status}");
     assert!(!status.contains("invalidated: invalidated"), "{status}");
     let e = r.register("a".into(), peer(1), Some("far_behind".into())).unwrap_err();
     assert_eq!(e.code, error_code::WAL_MISSING);

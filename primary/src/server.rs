@@ -118,9 +118,13 @@ impl Server {
             .map_err(|e| Error::io(format!("read the address of {}", config.listen), e))?;
         let replication = Replication::new(Arc::clone(&db), data_dir, &config.synchronous_standbys)?;
         let (published_tx, published) = tokio::sync::watch::channel(db.status().visible_lsn);
-        let on_publish = Arc::clone(&replication);
+        // Weak: the registry holds the database, so a strong reference here would be a cycle
+        // that keeps the database (and its directory lock) alive after shutdown.
+        let on_publish = Arc::downgrade(&replication);
         db.set_publish_hook(Arc::new(move |lsn| {
-            on_publish.on_published(lsn);
+            if let Some(replication) = on_publish.upgrade() {
+                replication.on_published(lsn);
+            }
             published_tx.send_replace(lsn);
         }));
         let shutdown = CancellationToken::new();

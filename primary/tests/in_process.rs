@@ -89,7 +89,7 @@ async fn shutdown_tells_idle_sessions_why() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn replication_connections_wait_for_their_milestone() {
+async fn read_only_roles_cannot_open_replication_connections() {
     use futures::{SinkExt, StreamExt};
     use hindsight_protocol::wire::{server_message::Msg, Purpose, Startup};
     use hindsight_protocol::{ClientCodec, ClientMessage, PROTOCOL_VERSION};
@@ -100,8 +100,8 @@ async fn replication_connections_wait_for_their_milestone() {
     let mut transport = tokio_util::codec::Framed::new(stream, ClientCodec::new());
     let startup = Startup {
         protocol_version: PROTOCOL_VERSION,
-        role: "admin".into(),
-        password: SECRET.into(),
+        role: "readonly".into(),
+        password: "ro".into(),
         expected_system_id: 0,
         application_name: "test".into(),
         purpose: Purpose::Replication as i32,
@@ -109,8 +109,8 @@ async fn replication_connections_wait_for_their_milestone() {
     transport.send(ClientMessage::from(startup)).await.unwrap();
     let reply = transport.next().await.unwrap().unwrap();
     let Some(Msg::Error(error)) = reply.msg else { panic!("{reply:?}") };
-    assert_eq!(error.code, "feature_not_supported");
-    assert!(error.message.contains("replica milestone"), "{}", error.message);
+    assert_eq!(error.code, "invalid_password");
+    assert!(error.message.contains("may not open replication connections"), "{}", error.message);
     assert!(transport.next().await.is_none(), "closed after the refusal");
     server.shutdown().await;
 }

@@ -7,7 +7,8 @@
 //! the same row at once; counted and reported).
 //!
 //! The test below runs this against an in-process [`hindsight_primary::Server`]; the `commit`
-//! workload runs it against the real `hindsight primary` process.
+//! workload runs it against the real `hindsight primary` process. The `lag` workload uses the
+//! pieces ([`load_accounts`], [`update_phase`], [`balance_sum`]) from its own runtime.
 
 use crate::commit::ClientRun;
 use crate::stats::{latency_histogram, record_latency, CommitStats};
@@ -47,7 +48,7 @@ pub fn run_updates(
     runtime.block_on(run_async(addr, secret.to_string(), rows, txns, clients))
 }
 
-async fn connect(addr: SocketAddr, secret: &str) -> Result<Client> {
+pub async fn connect(addr: SocketAddr, secret: &str) -> Result<Client> {
     let options = ConnectOptions {
         password: secret.to_string(),
         application_name: APPLICATION_NAME.to_string(),
@@ -56,12 +57,12 @@ async fn connect(addr: SocketAddr, secret: &str) -> Result<Client> {
     Client::connect(addr, options).await.with_context(|| format!("connect to the hindsight server at {addr}"))
 }
 
-async fn query(client: &mut Client, sql: &str) -> Result<Vec<QueryResult>> {
+pub async fn query(client: &mut Client, sql: &str) -> Result<Vec<QueryResult>> {
     client.query(sql).await.with_context(|| format!("run {:?}", crate::abbreviate(sql)))
 }
 
 /// The single value of a one-row, one-column result.
-async fn scalar(client: &mut Client, sql: &str) -> Result<Value> {
+pub async fn scalar(client: &mut Client, sql: &str) -> Result<Value> {
     let results = query(client, sql).await?;
     match results.as_slice() {
         [QueryResult { rows, .. }] if rows.len() == 1 && rows[0].len() == 1 => Ok(rows[0][0].clone()),
@@ -69,7 +70,7 @@ async fn scalar(client: &mut Client, sql: &str) -> Result<Value> {
     }
 }
 
-async fn current_lsn(client: &mut Client) -> Result<Lsn> {
+pub async fn current_lsn(client: &mut Client) -> Result<Lsn> {
     match scalar(client, "SELECT current_lsn()").await? {
         Value::Text(text) => text.parse().map_err(|e| anyhow!("parse the Lsn {text:?}: {e}")),
         other => bail!("current_lsn() returned {other:?}"),
@@ -84,15 +85,53 @@ async fn run_async(
     clients: usize,
 ) -> Result<ClientRun> {
     let mut admin = connect(addr, &secret).await?;
-    query(&mut admin, CREATE_ACCOUNTS).await?;
-    for ids in load_txn_ranges(rows) {
-        query(&mut admin, &load_txn_sql(ids)).await.context("load the accounts table")?;
-    }
-    query(&mut admin, "CHECKPOINT").await?;
+    load_accounts(&mut admin, rows).await?;
+    let run = update_phase(addr, &secret, rows, txns, clients, &[]).await?;
+    let sum = balance_sum(&mut admin).await?;
+    let expected = expected_balance_sum(rows, run.stats.txns);
+    ensure!(sum == expected, "the balances sum to {sum}, expected {expected}");
+    admin.close().await;
+    Ok(run)
+}
 
+/// Creates and loads the `accounts` table with `rows` rows, then takes a checkpoint.
+pub async fn load_accounts(admin: &mut Client, rows: u64) -> Result<()> {
+    query(admin, CREATE_ACCOUNTS).await?;
+    for ids in load_txn_ranges(rows) {
+        query(admin, &load_txn_sql(ids)).await.context("load the accounts table")?;
+    }
+    query(admin, "CHECKPOINT").await?;
+    Ok(())
+}
+
+/// `SELECT sum(balance) FROM accounts`.
+pub async fn balance_sum(client: &mut Client) -> Result<i64> {
+    match scalar(client, "SELECT sum(balance) FROM accounts").await? {
+        Value::Int(n) => Ok(n),
+        other => bail!("sum(balance) returned {other:?}"),
+    }
+}
+
+/// `txns` updates from `clients` new connections to `addr`, each of which first runs the
+/// statements in `session_setup` (e.g. `SET synchronous_commit = remote_apply`). Connections
+/// and set-up happen before the clock starts. The caller checks the balances.
+pub async fn update_phase(
+    addr: SocketAddr,
+    secret: &str,
+    rows: u64,
+    txns: u64,
+    clients: usize,
+    session_setup: &[&str],
+) -> Result<ClientRun> {
+    ensure!(rows > 0 && txns > 0 && clients > 0, "rows, txns and clients must be positive");
+    let mut admin = connect(addr, secret).await?;
     let mut connections = Vec::with_capacity(clients);
     for _ in 0..clients {
-        connections.push(connect(addr, &secret).await?);
+        let mut client = connect(addr, secret).await?;
+        for sql in session_setup {
+            query(&mut client, sql).await.context("set up an update session")?;
+        }
+        connections.push(client);
     }
     let start_lsn = current_lsn(&mut admin).await?;
     let started = Instant::now();
@@ -112,13 +151,6 @@ async fn run_async(
     }
     let elapsed = started.elapsed();
     let wal_bytes = current_lsn(&mut admin).await?.bytes_since(start_lsn);
-
-    let sum = match scalar(&mut admin, "SELECT sum(balance) FROM accounts").await? {
-        Value::Int(n) => n,
-        other => bail!("sum(balance) returned {other:?}"),
-    };
-    let expected = expected_balance_sum(rows, hist.len());
-    ensure!(sum == expected, "the balances sum to {sum}, expected {expected}");
     admin.close().await;
     let stats = CommitStats { txns: hist.len(), elapsed, hist };
     Ok(ClientRun { tps: stats.tps(), stats, wal_bytes: Some(wal_bytes), failed: 0, retried: conflicts })

@@ -16,6 +16,7 @@ use crate::postgres::{self, PgbenchRun, Postgres};
 use crate::stats::{ms, round1, round3, thousands, work_dir, CommitStats};
 use anyhow::{bail, Context, Result};
 use serde_json::{json, Map, Value};
+use std::ffi::OsString;
 use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -24,16 +25,15 @@ use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
 /// How long the server may take to print its `listening on` line.
-const SERVER_START_TIMEOUT: Duration = Duration::from_secs(60);
+pub const SERVER_START_TIMEOUT: Duration = Duration::from_secs(60);
 /// How long the server may take to exit after SIGTERM before it is killed.
 const SERVER_STOP_TIMEOUT: Duration = Duration::from_secs(30);
 /// The most concurrent client connections one run opens.
 pub const CLIENTS_MAX: usize = 256;
-/// The line the server prints on stdout when it is ready, followed by the address.
 /// Lines of the server's log quoted in an error.
-const LOG_TAIL_LINES: usize = 20;
+pub const LOG_TAIL_LINES: usize = 20;
 /// The file in the data directory holding the admin secret (`hindsight_primary::auth`).
-const ADMIN_SECRET_FILE: &str = "admin.secret";
+pub const ADMIN_SECRET_FILE: &str = "admin.secret";
 
 /// Options of the `commit` workload.
 #[derive(Clone, Debug)]
@@ -316,41 +316,86 @@ fn run_hindsight(opts: &CommitOptions, clients: usize) -> Result<ClientRun> {
     Ok(run)
 }
 
-/// A `hindsight primary` process started by the bench.
+/// A `hindsight primary` or `hindsight replica` process started by the bench.
 ///
 /// Invariants:
 /// - `child` is stopped (SIGTERM, then SIGKILL after [`SERVER_STOP_TIMEOUT`]) when this is
 ///   dropped or stopped.
-struct Server {
+pub struct Server {
     child: Option<Child>,
-    addr: SocketAddr,
+    /// The address from the server's ready line.
+    pub addr: SocketAddr,
 }
 
 impl Server {
-    /// Starts the server on a loopback port chosen by the OS, its stderr (the log) going to
-    /// `log`, and waits for its `listening on` line.
+    /// Starts a primary with its default configuration; see [`Server::start_primary`].
     fn start(bin: &Path, data: &Path, log: &Path) -> Result<Server> {
+        Server::start_primary(bin, data, None, log)
+    }
+
+    /// Starts `hindsight primary --data DATA --listen 127.0.0.1:0 [--config CONFIG]`, its stderr
+    /// (the log) going to `log`, and waits up to [`SERVER_START_TIMEOUT`] for its ready line.
+    pub fn start_primary(bin: &Path, data: &Path, config: Option<&Path>, log: &Path) -> Result<Server> {
+        let mut args: Vec<OsString> =
+            vec!["primary".into(), "--data".into(), data.into(), "--listen".into(), "127.0.0.1:0".into()];
+        if let Some(config) = config {
+            args.extend(["--config".into(), config.into()]);
+        }
+        Server::spawn(bin, &args, log, SERVER_START_TIMEOUT)
+    }
+
+    /// Starts `hindsight replica --data DATA --primary PRIMARY --listen 127.0.0.1:0
+    /// --password-file PASSWORD_FILE --name NAME`, its stderr going to `log`, and waits up to
+    /// `timeout` for its ready line (printed once it serves queries, after its bootstrap).
+    pub fn start_replica(
+        bin: &Path,
+        data: &Path,
+        primary: SocketAddr,
+        password_file: &Path,
+        name: &str,
+        log: &Path,
+        timeout: Duration,
+    ) -> Result<Server> {
+        let args: Vec<OsString> = vec![
+            "replica".into(),
+            "--data".into(),
+            data.into(),
+            "--primary".into(),
+            primary.to_string().into(),
+            "--listen".into(),
+            "127.0.0.1:0".into(),
+            "--password-file".into(),
+            password_file.into(),
+            "--name".into(),
+            name.into(),
+        ];
+        Server::spawn(bin, &args, log, timeout)
+    }
+
+    /// Starts `bin ARGS` with stdout piped (for the ready line) and stderr to `log`.
+    fn spawn(bin: &Path, args: &[OsString], log: &Path, timeout: Duration) -> Result<Server> {
+        let command = args.first().map_or(String::new(), |a| a.to_string_lossy().into_owned());
         let log_file = std::fs::File::create(log).with_context(|| format!("create {}", log.display()))?;
         let mut child = Command::new(bin)
-            .arg("primary")
-            .arg("--data")
-            .arg(data)
-            .args(["--listen", "127.0.0.1:0"])
+            .args(args)
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(log_file)
             .spawn()
-            .with_context(|| format!("start {} primary", bin.display()))?;
+            .with_context(|| format!("start {} {command}", bin.display()))?;
         let stdout = child.stdout.take().context("take the server's stdout")?;
         let mut server = Server { child: Some(child), addr: SocketAddr::from(([127, 0, 0, 1], 0)) };
-        server.addr = wait_for_listening(stdout).with_context(|| {
-            format!("start the server (its log ends:\n{})", crate::postgres::tail(log, LOG_TAIL_LINES))
+        server.addr = wait_for_listening(stdout, timeout).with_context(|| {
+            format!(
+                "start hindsight {command} (its log ends:\n{})",
+                crate::postgres::tail(log, LOG_TAIL_LINES)
+            )
         })?;
         Ok(server)
     }
 
     /// Stops the server gracefully and checks that it exited cleanly.
-    fn stop(mut self) -> Result<()> {
+    pub fn stop(mut self) -> Result<()> {
         let Some(child) = self.child.take() else { return Ok(()) };
         let status = terminate(child)?;
         if !status.success() {
@@ -388,10 +433,9 @@ fn terminate(mut child: Child) -> Result<std::process::ExitStatus> {
     }
 }
 
-/// Reads the server's stdout until its `listening on <addr>` line, within
-/// [`SERVER_START_TIMEOUT`]. The reader thread then keeps draining stdout so the server never
-/// blocks on a full pipe.
-fn wait_for_listening(stdout: ChildStdout) -> Result<SocketAddr> {
+/// Reads the server's stdout until its `listening on <addr>` line, within `timeout`. The
+/// reader thread then keeps draining stdout so the server never blocks on a full pipe.
+fn wait_for_listening(stdout: ChildStdout, timeout: Duration) -> Result<SocketAddr> {
     let (tx, rx) = mpsc::sync_channel(1);
     std::thread::Builder::new()
         .name("hindsight-stdout".into())
@@ -411,16 +455,18 @@ fn wait_for_listening(stdout: ChildStdout) -> Result<SocketAddr> {
             }
         })
         .context("start the server stdout reader")?;
-    match rx.recv_timeout(SERVER_START_TIMEOUT) {
+    match rx.recv_timeout(timeout) {
         Ok(Ok(addr)) => Ok(addr),
         Ok(Err(())) => {
             bail!("the hindsight server exited before printing its ready line")
         }
-        Err(_) => bail!("the hindsight server did not start listening within {SERVER_START_TIMEOUT:?}"),
+        Err(_) => bail!("the hindsight server did not start listening within {timeout:?}"),
     }
 }
 
-/// The address in the primary's ready line.
+/// The address in a server's ready line. Each reader reads one process's stdout, so the role
+/// need not be checked: once `ReadyLine::parse` also accepts the replica's line (`hindsight
+/// replica listening on …`), this serves both roles unchanged.
 fn parse_listening_line(line: &str) -> Option<SocketAddr> {
     hindsight_primary::ready::ReadyLine::parse(line)?.addr.parse().ok()
 }

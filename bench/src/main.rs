@@ -3,6 +3,7 @@
 //! ```text
 //! cargo run --release -p hindsight-bench -- engine [--json] [--rows N] [--txns N] [--writers N] [--dir PATH]
 //! cargo run --release -p hindsight-bench -- commit [--compare postgres] [--json] [--rows N] [--txns N] [--clients 4,16]
+//! cargo run --release -p hindsight-bench -- lag [--compare postgres] [--json] [--rows N] [--txns N] [--clients N]
 //! ```
 //!
 //! - `engine` ([`engine`]) runs the shared `accounts` workload ([`workload`]) in process against
@@ -11,6 +12,9 @@
 //! - `commit` ([`commit`]) runs it over TCP through the real server and, with
 //!   `--compare postgres`, through a throw-away PostgreSQL 15 cluster driven by pgbench
 //!   ([`postgres`]) in the same run, and reports the ratios.
+//! - `lag` ([`lag`]) adds a streaming replica (a `pg_basebackup` standby on the PostgreSQL
+//!   side): time from an empty directory to a caught-up replica, replay lag while the primary
+//!   takes updates, and commit throughput with `synchronous_commit = remote_apply`.
 //!
 //! Latencies are hdrhistogram percentiles ([`stats`]). Progress goes to stderr; the report goes
 //! to stdout, as a table or (`--json`) as exactly one JSON object. See `docs/benchmarks.md`.
@@ -23,6 +27,7 @@ static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 mod client;
 mod commit;
 mod engine;
+mod lag;
 mod postgres;
 mod stats;
 mod workload;
@@ -36,6 +41,11 @@ use std::process::ExitCode;
 const ROWS_DEFAULT: u64 = 1_000_000;
 /// Default update transactions.
 const TXNS_DEFAULT: u64 = 200_000;
+/// Default update transactions per phase of the `lag` workload (two phases, one of them
+/// waiting for the replica on every commit).
+const LAG_TXNS_DEFAULT: u64 = 50_000;
+/// Default client connections of the `lag` workload.
+const LAG_CLIENTS_DEFAULT: usize = 4;
 /// Default concurrent writers of the `engine` workload.
 const WRITERS_DEFAULT: usize = 4;
 /// Default opens timed per recovery figure.
@@ -104,6 +114,33 @@ enum Workload {
         #[arg(long)]
         dir: Option<PathBuf>,
     },
+    /// A primary and one streaming replica over TCP: bootstrap time, replay lag, remote_apply
+    /// commits; optionally the same with a PostgreSQL standby.
+    ///
+    /// Example: cargo run --release -p hindsight-bench -- lag --compare postgres --json
+    Lag {
+        /// Measure this system in the same run and report ratios.
+        #[arg(long, value_enum)]
+        compare: Option<Compare>,
+        /// Print one JSON object instead of a table.
+        #[arg(long)]
+        json: bool,
+        /// Rows loaded.
+        #[arg(long, default_value_t = ROWS_DEFAULT)]
+        rows: u64,
+        /// Update transactions per phase (the lag phase, then the remote_apply phase).
+        #[arg(long, default_value_t = LAG_TXNS_DEFAULT)]
+        txns: u64,
+        /// Concurrent client connections.
+        #[arg(long, default_value_t = LAG_CLIENTS_DEFAULT)]
+        clients: usize,
+        /// Parent directory for the hindsight data directories (default: the system temp dir).
+        #[arg(long)]
+        dir: Option<PathBuf>,
+        /// Measure only this system (implies --compare for it). For testing one side alone.
+        #[arg(long, value_enum, hide = true)]
+        only: Option<Compare>,
+    },
 }
 
 /// Systems `--compare` can measure.
@@ -160,6 +197,25 @@ fn run(cli: Cli) -> Result<()> {
                 bail!("the commit workload was incomplete: {e}");
             }
         }
+        Workload::Lag { compare, json, rows, txns, clients, dir, only } => {
+            let opts = lag::LagOptions {
+                rows,
+                txns,
+                clients,
+                compare_postgres: matches!(compare.or(only), Some(Compare::Postgres)),
+                skip_hindsight: matches!(only, Some(Compare::Postgres)),
+                dir,
+            };
+            let report = lag::run(&opts).context("run the lag workload")?;
+            if json {
+                println!("{}", report.to_json());
+            } else {
+                print!("{}", report.to_table());
+            }
+            if let Some(e) = report.first_error() {
+                bail!("the lag workload was incomplete: {e}");
+            }
+        }
     }
     Ok(())
 }
@@ -207,7 +263,7 @@ mod tests {
     use super::*;
 
     #[test]
-    fn cli_parses_both_workloads() {
+    fn cli_parses_every_workload() {
         let cli = Cli::try_parse_from(["hindsight-bench", "engine", "--json", "--rows", "10"]).unwrap();
         assert!(matches!(
             cli.workload,
@@ -223,6 +279,21 @@ mod tests {
             other => panic!("parsed {other:?}"),
         }
         assert!(Cli::try_parse_from(["hindsight-bench", "commit", "--compare", "mysql"]).is_err());
+        let cli = Cli::try_parse_from(["hindsight-bench", "lag", "--compare", "postgres", "--json"]).unwrap();
+        assert!(matches!(
+            cli.workload,
+            Workload::Lag {
+                compare: Some(Compare::Postgres),
+                json: true,
+                rows: ROWS_DEFAULT,
+                txns: LAG_TXNS_DEFAULT,
+                clients: LAG_CLIENTS_DEFAULT,
+                only: None,
+                ..
+            }
+        ));
+        let cli = Cli::try_parse_from(["hindsight-bench", "lag", "--only", "postgres"]).unwrap();
+        assert!(matches!(cli.workload, Workload::Lag { compare: None, only: Some(Compare::Postgres), .. }));
     }
 
     #[test]

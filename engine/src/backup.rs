@@ -42,7 +42,8 @@ impl Database {
     /// `meta.lsn` on (see [`Database::hold_wal`]) until the replica has streamed past it;
     /// `hold` is the hold's name, placed here before anything is read.
     pub fn start_base_backup(&self, hold: &str) -> Result<BaseBackup> {
-        let (lsn, prev_lsn, last_txid, last_commit_time_us, digest, view) = self.published_with_view();
+        let (meta, view) = self.snapshot_point();
+        let lsn = meta.lsn;
         self.hold_wal(hold, lsn, false).map_err(|e| Error::Mismatch(format!("base backup: {e}")))?;
         let seg = self.segment_size_bytes();
         let segment_no = segment_of(lsn, seg);
@@ -53,16 +54,6 @@ impl Database {
             .map_err(|e| Error::io(format!("open WAL segment {} for a base backup", path.display()), e))?;
         file.read_exact_at(&mut wal_prefix, 0)
             .map_err(|e| Error::io(format!("read WAL segment {} for a base backup", path.display()), e))?;
-        let meta = SnapshotMeta {
-            system_id: self.system_id(),
-            timeline: self.timeline(),
-            lsn,
-            prev_lsn,
-            last_txid,
-            last_commit_time_us,
-            digest,
-            next_table_id: self.store().next_table_id(),
-        };
         Ok(BaseBackup { meta, segment_size_bytes: seg, view, wal_prefix })
     }
 }

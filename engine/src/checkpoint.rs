@@ -137,7 +137,6 @@ pub fn encode_snapshot<W: Write>(
     meta: SnapshotMeta,
 ) -> std::io::Result<(W, u64, u64)> {
     assert_eq!(view.lsn(), meta.lsn, "snapshot metadata must describe the view's Lsn");
-    let io = |e| e;
     let mut header = Vec::with_capacity(SNAPSHOT_HEADER_LEN);
     header.extend_from_slice(&meta.system_id.to_le_bytes());
     header.extend_from_slice(&meta.timeline.0.to_le_bytes());
@@ -154,7 +153,7 @@ pub fn encode_snapshot<W: Write>(
     prefix.extend_from_slice(&(SNAPSHOT_HEADER_LEN as u32).to_le_bytes());
     prefix.extend_from_slice(&header);
     prefix.extend_from_slice(&crc32c::crc32c(&header).to_le_bytes());
-    w.out.write_all(&prefix).map_err(io)?;
+    w.out.write_all(&prefix)?;
     w.bytes += prefix.len() as u64;
     let mut total_rows = 0u64;
     let mut failed = None;
@@ -191,13 +190,13 @@ pub fn encode_snapshot<W: Write>(
             true
         });
         if let Some(e) = failed.take() {
-            return Err(io(e));
+            return Err(e);
         }
-        emit(&mut w, &mut run, &mut n).map_err(io)?;
+        emit(&mut w, &mut run, &mut n)?;
     }
     w.payload.push(3);
     w.payload.extend_from_slice(&total_rows.to_le_bytes());
-    w.flush_block().map_err(io)?;
+    w.flush_block()?;
     w.out.flush()?;
     Ok((w.out, w.bytes, total_rows))
 }

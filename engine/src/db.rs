@@ -178,6 +178,35 @@ struct Shared {
     checkpoint_lsn: AtomicU64,
 }
 
+impl Shared {
+    /// A read view at the published Lsn and the metadata of a snapshot of it (a checkpoint's
+    /// or a base backup's).
+    fn snapshot_point(
+        &self,
+        store: &Arc<Store>,
+        system_id: u64,
+        timeline: Timeline,
+    ) -> (SnapshotMeta, ReadView) {
+        // The flusher changes the published state and the visible Lsn together under this lock.
+        let published = self.published.lock();
+        let p = *published;
+        let view = store.read_view();
+        drop(published);
+        assert_eq!(view.lsn(), p.lsn, "published state and visible Lsn agree");
+        let meta = SnapshotMeta {
+            system_id,
+            timeline,
+            lsn: p.lsn,
+            prev_lsn: p.prev_lsn,
+            last_txid: p.txid,
+            last_commit_time_us: p.commit_time_us,
+            digest: p.digest,
+            next_table_id: store.next_table_id(),
+        };
+        (meta, view)
+    }
+}
+
 /// An acknowledgement waiting for its group's fdatasync.
 enum Ack {
     Commit(Sender<Result<CommitInfo>>, CommitInfo),
@@ -682,16 +711,9 @@ impl Database {
         }
     }
 
-    /// The published state (visible Lsn, the record before it, newest transaction, its commit
-    /// time, digest) and a read view at exactly that Lsn.
-    pub(crate) fn published_with_view(&self) -> (Lsn, Lsn, TxId, i64, u64, ReadView) {
-        // The flusher changes the published state and the visible Lsn together under this lock.
-        let published = self.shared.published.lock();
-        let p = *published;
-        let view = self.store.read_view();
-        drop(published);
-        assert_eq!(view.lsn(), p.lsn, "published state and visible Lsn agree");
-        (p.lsn, p.prev_lsn, p.txid, p.commit_time_us, p.digest, view)
+    /// A read view at the visible Lsn and the snapshot metadata describing exactly that state.
+    pub(crate) fn snapshot_point(&self) -> (SnapshotMeta, ReadView) {
+        self.shared.snapshot_point(&self.store, self.system_id, self.timeline)
     }
 
     /// The current timeline.
@@ -1334,35 +1356,21 @@ impl Committer {
             }
             return;
         }
-        // The published state and the visible Lsn change together under this lock.
-        let published = self.shared.published.lock();
-        let p = *published;
-        if p.lsn == self.control.checkpoint_lsn {
+        let (meta, view) =
+            self.shared.snapshot_point(&self.store, self.control.system_id, self.control.timeline);
+        if meta.lsn == self.control.checkpoint_lsn {
             // Nothing new since the last snapshot.
             for w in self.checkpoint_waiters.drain(..) {
-                let _ = w.send(Ok(p.lsn));
+                let _ = w.send(Ok(meta.lsn));
             }
             self.last_checkpoint = Instant::now();
             return;
         }
-        let view = self.store.read_view();
-        drop(published);
-        assert_eq!(view.lsn(), p.lsn, "published state and visible Lsn agree");
-        let meta = SnapshotMeta {
-            system_id: self.control.system_id,
-            timeline: self.control.timeline,
-            lsn: p.lsn,
-            prev_lsn: p.prev_lsn,
-            last_txid: p.txid,
-            last_commit_time_us: p.commit_time_us,
-            digest: p.digest,
-            next_table_id: self.store.next_table_id(),
-        };
         let snap_dir = self.dir.join("snapshots");
         let tx = self.tx.clone();
         self.checkpoint_running = true;
         self.last_checkpoint = Instant::now();
-        self.wal_at_checkpoint = p.lsn;
+        self.wal_at_checkpoint = meta.lsn;
         let spawned = std::thread::Builder::new().name("hindsight-snapshot".into()).spawn(move || {
             let started = Instant::now();
             // A panic here must still reach the committer, or CHECKPOINT waiters would hang.

@@ -194,8 +194,11 @@ async fn stream(
                         info.upstream_flush_lsn = Lsn(wal.server_flush_lsn);
                     }
                     Some(Msg::Keepalive(k)) => {
-                        state.info.lock().upstream_flush_lsn = Lsn(k.server_flush_lsn);
-                        state.info.lock().received_lsn = *received;
+                        {
+                            let mut info = state.info.lock();
+                            info.upstream_flush_lsn = Lsn(k.server_flush_lsn);
+                            info.received_lsn = *received;
+                        }
                         if k.reply_requested {
                             send_status(db, &mut upstream, *received).await.map_err(|e| fail(e, streamed))?;
                         }

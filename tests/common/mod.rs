@@ -48,9 +48,57 @@ pub fn wait_exit(child: &mut Child, what: &str) -> anyhow::Result<ExitStatus> {
     status.context("no exit status")
 }
 
+/// A server process (primary or replica) and its log; killed when dropped. [`Primary`] and
+/// [`Replica`] dereference to it for the signals and the log.
+pub struct ServerProcess {
+    child: Child,
+    log_path: PathBuf,
+    /// "the primary" or "the replica", for messages.
+    what: &'static str,
+}
+
+impl ServerProcess {
+    /// The process id.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// Sends SIGTERM and waits for the exit.
+    pub fn terminate(&mut self) -> anyhow::Result<ExitStatus> {
+        signal(self.child.id(), libc::SIGTERM)?;
+        wait_exit(&mut self.child, &format!("{} to exit after SIGTERM", self.what))
+    }
+
+    /// Sends SIGKILL and reaps the process.
+    pub fn kill9(&mut self) -> anyhow::Result<()> {
+        signal(self.child.id(), libc::SIGKILL)?;
+        wait_exit(&mut self.child, &format!("{} to die of SIGKILL", self.what))?;
+        Ok(())
+    }
+
+    /// Whether the process is still running.
+    pub fn is_running(&mut self) -> bool {
+        matches!(self.child.try_wait(), Ok(None))
+    }
+
+    /// The log so far.
+    pub fn log(&self) -> String {
+        read_log(&self.log_path)
+    }
+}
+
+impl Drop for ServerProcess {
+    fn drop(&mut self) {
+        if self.is_running() {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+}
+
 /// A `hindsight primary` process; killed when dropped.
 pub struct Primary {
-    child: Child,
+    process: ServerProcess,
     /// The address from the ready line.
     pub addr: String,
     /// The system id from the ready line.
@@ -113,7 +161,8 @@ impl Primary {
             }
         };
         let (addr, system_id) = parse_ready_line(&line, data)?;
-        Ok(Primary { child, addr, system_id, data: data.to_path_buf(), log_path })
+        let process = ServerProcess { child, log_path: log_path.clone(), what: "the primary" };
+        Ok(Primary { process, addr, system_id, data: data.to_path_buf(), log_path })
     }
 
     /// The admin secret the primary wrote to `DATA/admin.secret`.
@@ -140,42 +189,19 @@ impl Primary {
     pub fn shell_with_input(&self, args: &[&str], input: Option<&str>) -> anyhow::Result<Output> {
         run_shell(&self.addr, &self.password(), args, input)
     }
+}
 
-    /// The process id.
-    pub fn pid(&self) -> u32 {
-        self.child.id()
-    }
+impl std::ops::Deref for Primary {
+    type Target = ServerProcess;
 
-    /// Sends SIGTERM and waits for the exit.
-    pub fn terminate(&mut self) -> anyhow::Result<ExitStatus> {
-        signal(self.child.id(), libc::SIGTERM)?;
-        wait_exit(&mut self.child, "the primary to exit after SIGTERM")
-    }
-
-    /// Sends SIGKILL and reaps the process.
-    pub fn kill9(&mut self) -> anyhow::Result<()> {
-        signal(self.child.id(), libc::SIGKILL)?;
-        wait_exit(&mut self.child, "the primary to die of SIGKILL")?;
-        Ok(())
-    }
-
-    /// Whether the process is still running.
-    pub fn is_running(&mut self) -> bool {
-        matches!(self.child.try_wait(), Ok(None))
-    }
-
-    /// The primary's log so far.
-    pub fn log(&self) -> String {
-        read_log(&self.log_path)
+    fn deref(&self) -> &ServerProcess {
+        &self.process
     }
 }
 
-impl Drop for Primary {
-    fn drop(&mut self) {
-        if self.is_running() {
-            let _ = self.child.kill();
-            let _ = self.child.wait();
-        }
+impl std::ops::DerefMut for Primary {
+    fn deref_mut(&mut self) -> &mut ServerProcess {
+        &mut self.process
     }
 }
 
@@ -219,7 +245,7 @@ pub fn retry_bind<T>(
 
 /// A `hindsight replica` process; killed when dropped.
 pub struct Replica {
-    child: Child,
+    process: ServerProcess,
     /// The address from the ready line.
     pub addr: String,
     /// The system id from the ready line.
@@ -303,7 +329,7 @@ impl Replica {
             "ready line names another directory: {line:?}"
         );
         Ok(Replica {
-            child,
+            process: ServerProcess { child, log_path: log_path.clone(), what: "the replica" },
             addr: ready.addr,
             system_id: ready.system_id,
             data: data.to_path_buf(),
@@ -345,42 +371,19 @@ impl Replica {
             .await
             .with_context(|| format!("connect to the replica {} as admin", self.name))
     }
+}
 
-    /// The process id.
-    pub fn pid(&self) -> u32 {
-        self.child.id()
-    }
+impl std::ops::Deref for Replica {
+    type Target = ServerProcess;
 
-    /// Sends SIGTERM and waits for the exit.
-    pub fn terminate(&mut self) -> anyhow::Result<ExitStatus> {
-        signal(self.child.id(), libc::SIGTERM)?;
-        wait_exit(&mut self.child, "the replica to exit after SIGTERM")
-    }
-
-    /// Sends SIGKILL and reaps the process.
-    pub fn kill9(&mut self) -> anyhow::Result<()> {
-        signal(self.child.id(), libc::SIGKILL)?;
-        wait_exit(&mut self.child, "the replica to die of SIGKILL")?;
-        Ok(())
-    }
-
-    /// Whether the process is still running.
-    pub fn is_running(&mut self) -> bool {
-        matches!(self.child.try_wait(), Ok(None))
-    }
-
-    /// The replica's log so far.
-    pub fn log(&self) -> String {
-        read_log(&self.log_path)
+    fn deref(&self) -> &ServerProcess {
+        &self.process
     }
 }
 
-impl Drop for Replica {
-    fn drop(&mut self) {
-        if self.is_running() {
-            let _ = self.child.kill();
-            let _ = self.child.wait();
-        }
+impl std::ops::DerefMut for Replica {
+    fn deref_mut(&mut self) -> &mut ServerProcess {
+        &mut self.process
     }
 }
 

@@ -319,6 +319,16 @@ impl WalWriter {
         // The marker and every record before it are durable before the next segment exists, so
         // recovery never finds a new segment after an unterminated one.
         self.flushed_lsn = self.insert_lsn;
+        self.open_next_segment()?;
+        self.insert_lsn = first_record_lsn(self.segment_no, self.segment_size_bytes);
+        self.buf_lsn = self.insert_lsn;
+        self.flushed_lsn = self.insert_lsn;
+        Ok(())
+    }
+
+    /// Makes the next segment current: the one prepared in the background if it is ready,
+    /// else created now; then starts preparing the one after it. A failure is latched.
+    fn open_next_segment(&mut self) -> Result<()> {
         self.segment_no += 1;
         let prepared = match self.prepared.take() {
             Some(p) if p.segment_no == self.segment_no => p.thread.join().ok().and_then(|r| r.ok()),
@@ -334,17 +344,13 @@ impl WalWriter {
                 self.segment_no,
             ),
         };
-        let file = match created {
-            Ok(f) => f,
+        match created {
+            Ok(file) => self.file = Arc::new(file),
             Err(e) => {
                 self.failed = Some(e.to_string());
                 return Err(e);
             }
-        };
-        self.file = Arc::new(file);
-        self.insert_lsn = first_record_lsn(self.segment_no, self.segment_size_bytes);
-        self.buf_lsn = self.insert_lsn;
-        self.flushed_lsn = self.insert_lsn;
+        }
         self.prepare_next();
         Ok(())
     }
@@ -393,30 +399,7 @@ impl WalWriter {
             self.latch("fsync WAL segment", r)?;
         }
         self.flushed_lsn = self.insert_lsn;
-        self.segment_no += 1;
-        let prepared = match self.prepared.take() {
-            Some(p) if p.segment_no == self.segment_no => p.thread.join().ok().and_then(|r| r.ok()),
-            _ => None,
-        };
-        let created = match prepared {
-            Some(file) => install_segment(&self.dir, self.timeline, self.segment_no).map(|()| file),
-            None => create_segment(
-                &self.dir,
-                self.system_id,
-                self.timeline,
-                self.segment_size_bytes,
-                self.segment_no,
-            ),
-        };
-        match created {
-            Ok(f) => self.file = Arc::new(f),
-            Err(e) => {
-                self.failed = Some(e.to_string());
-                return Err(e);
-            }
-        }
-        self.prepare_next();
-        Ok(())
+        self.open_next_segment()
     }
 
     /// Writes and fdatasyncs everything appended; returns the new flushed Lsn.

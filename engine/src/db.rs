@@ -443,6 +443,9 @@ impl Database {
             report.snapshot_lsn = Some(meta.lsn);
             report.snapshot_rows = store.stats().rows;
         }
+        // The retention window starts at the snapshot: replay restores every version after it,
+        // so reads at any Lsn from there on are served (the first sample marks that floor).
+        store.publish(control.checkpoint_lsn, last_time);
         report.snapshot_elapsed = started.elapsed();
         let replay_started = Instant::now();
         crate::wal::writer::remove_prepared_segments(&wal_dir)?;

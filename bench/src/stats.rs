@@ -169,16 +169,27 @@ pub fn verdict(met: bool) -> &'static str {
 }
 
 /// A fresh temporary work directory, under `parent` when given (removed when dropped).
+///
+/// With `HINDSIGHT_BENCH_KEEP` set in the environment the directory (data directories and
+/// server logs) is kept after the run, and its path printed, for looking into a result.
 pub fn work_dir(parent: Option<&Path>) -> Result<tempfile::TempDir> {
-    match parent {
+    let mut dir = match parent {
         Some(parent) => {
             std::fs::create_dir_all(parent).with_context(|| format!("create {}", parent.display()))?;
             tempfile::Builder::new().prefix("hindsight-bench-").tempdir_in(parent)
         }
         None => tempfile::Builder::new().prefix("hindsight-bench-").tempdir(),
     }
-    .context("create the work directory")
+    .context("create the work directory")?;
+    if std::env::var_os(KEEP_ENV).is_some() {
+        dir.disable_cleanup(true);
+        eprintln!("{KEEP_ENV} is set: keeping {}", dir.path().display());
+    }
+    Ok(dir)
 }
+
+/// Keeps the work directory after a run when set (to anything).
+const KEEP_ENV: &str = "HINDSIGHT_BENCH_KEEP";
 
 #[cfg(test)]
 mod tests {

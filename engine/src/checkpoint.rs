@@ -26,12 +26,12 @@
 
 use crate::error::{Error, Result};
 use crate::schema::{put_str, TableDef, TableId};
-use crate::store::{ReadView, Store};
+use crate::store::{Chain, ReadView, Store, TableLoader};
 use crate::value::{put_uvarint, row_key, Key, Reader, ROW_LEN_MAX};
 use crate::wal::writer::sync_dir;
 use hindsight_protocol::{Lsn, Timeline, TxId};
 use std::fs::{File, OpenOptions};
-use std::io::{BufWriter, Write};
+use std::io::{BufReader, BufWriter, Read, Write};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
@@ -47,7 +47,7 @@ const LOAD_BATCH_ROWS: usize = 4096;
 /// Batches in flight between them.
 const LOAD_QUEUE_BATCHES: usize = 16;
 
-type RowBatch = (Arc<crate::store::TableData>, Vec<(Key, Box<[u8]>)>);
+type RowBatch = (Arc<crate::store::TableData>, Vec<(Key, Arc<Chain>)>);
 const SNAPSHOT_HEADER_LEN: usize = 56;
 const CONTROL_MAGIC: u32 = 0x5443_5348; // "HSCT"
 /// The control-file format this build reads and writes.
@@ -201,22 +201,42 @@ pub fn encode_snapshot<W: Write>(
     Ok((w.out, w.bytes, total_rows))
 }
 
-/// Loads a snapshot into an empty store, checking every block checksum and, at the end, the
-/// digest recomputed from the loaded rows against the one in the header.
+/// Loads a snapshot file into an empty store (see [`load_snapshot_from`]).
 pub fn load_snapshot(path: &Path, store: &Store, expected_system_id: u64) -> Result<SnapshotMeta> {
-    let data = std::fs::read(path).map_err(|e| Error::io(format!("read snapshot {}", path.display()), e))?;
+    let io = |e| Error::io(format!("read snapshot {}", path.display()), e);
+    let file = File::open(path).map_err(io)?;
+    let len = file.metadata().map_err(io)?.len();
+    load_snapshot_from(BufReader::with_capacity(1 << 20, file), len, path, store, expected_system_id)
+}
+
+/// Loads a snapshot read from `input` into an empty store, checking every block checksum and,
+/// at the end, the digest recomputed from the loaded rows against the one in the header. The
+/// input is read block by block, never whole: a replica feeds its base backup's snapshot here
+/// as it arrives. `size_hint` (the snapshot's length, or an upper bound) caps the row-count
+/// hints used for sizing; `path` names the snapshot in errors.
+pub fn load_snapshot_from(
+    mut input: impl Read,
+    size_hint: u64,
+    path: &Path,
+    store: &Store,
+    expected_system_id: u64,
+) -> Result<SnapshotMeta> {
     let corrupt = |detail: String, lsn: Lsn| Error::Corrupt { lsn, file: path.to_path_buf(), detail };
-    let mut r = Reader::new(&data);
-    let fail = |e: crate::value::CodecError| corrupt(format!("snapshot header: {e}"), Lsn::ZERO);
-    if r.bytes(8).map_err(fail)? != SNAPSHOT_MAGIC {
+    let io = |e| Error::io(format!("read snapshot {}", path.display()), e);
+    let mut prefix = [0u8; 12];
+    if read_full(&mut input, &mut prefix).map_err(io)? < prefix.len() || &prefix[..8] != SNAPSHOT_MAGIC {
         return Err(corrupt("not a hindsight snapshot (bad magic)".into(), Lsn::ZERO));
     }
-    let header_len = r.u32().map_err(fail)? as usize;
+    let header_len = u32::from_le_bytes(prefix[8..].try_into().expect("4 bytes")) as usize;
     if header_len != SNAPSHOT_HEADER_LEN {
         return Err(corrupt(format!("snapshot header length {header_len}"), Lsn::ZERO));
     }
-    let header = r.bytes(header_len).map_err(fail)?;
-    if crc32c::crc32c(header) != r.u32().map_err(fail)? {
+    let mut header = [0u8; SNAPSHOT_HEADER_LEN + 4];
+    if read_full(&mut input, &mut header).map_err(io)? < header.len() {
+        return Err(corrupt("snapshot is truncated in its header".into(), Lsn::ZERO));
+    }
+    let (header, crc) = header.split_at(SNAPSHOT_HEADER_LEN);
+    if crc32c::crc32c(header) != u32::from_le_bytes(crc.try_into().expect("4 bytes")) {
         return Err(corrupt("snapshot header checksum mismatch".into(), Lsn::ZERO));
     }
     let mut h = Reader::new(header);
@@ -232,7 +252,7 @@ pub fn load_snapshot(path: &Path, store: &Store, expected_system_id: u64) -> Res
             next_table_id: h.u32()?,
         })
     })()
-    .map_err(fail)?;
+    .map_err(|e| corrupt(format!("snapshot header: {e}"), Lsn::ZERO))?;
     let lsn = meta.lsn;
     if meta.system_id != expected_system_id {
         return Err(Error::Mismatch(format!(
@@ -242,73 +262,96 @@ pub fn load_snapshot(path: &Path, store: &Store, expected_system_id: u64) -> Res
             expected_system_id
         )));
     }
-    let mut tables: Vec<Arc<crate::store::TableData>> = Vec::new();
+    let rows_hint_max = usize::try_from(size_hint / 2).unwrap_or(usize::MAX);
+    let mut tables: Vec<TableLoader> = Vec::new();
     let mut rows_seen = 0u64;
     let mut ended = false;
-    // This thread checks and parses; a second one inserts into the store, so the two halves of
-    // loading a large snapshot overlap.
+    // This thread reads, checks and parses the rows and makes their version chains; a second
+    // one links them into the ordered index, so the two halves of loading a large snapshot
+    // overlap (see `TableLoader`).
     let (tx, rx) = crossbeam_channel::bounded::<RowBatch>(LOAD_QUEUE_BATCHES);
     std::thread::scope(|scope| -> Result<()> {
         let inserter = scope.spawn(move || {
             for (table, rows) in rx {
-                for (key, row) in rows {
-                    store.load_row(&table, key, row, lsn);
+                for (key, chain) in rows {
+                    table.load_ordered(key, chain);
                 }
             }
         });
-        let mut batch: Vec<(Key, Box<[u8]>)> = Vec::with_capacity(LOAD_BATCH_ROWS);
+        let mut batch: Vec<(Key, Arc<Chain>)> = Vec::with_capacity(LOAD_BATCH_ROWS);
+        let mut block_head = [0u8; 8];
+        let mut payload = Vec::new();
+        // Where the block being read starts in the file.
+        let mut pos = (prefix.len() + SNAPSHOT_HEADER_LEN + 4) as u64;
         let parsed = (|| -> Result<()> {
-            while !r.is_empty() {
+            loop {
+                let n = read_full(&mut input, &mut block_head).map_err(io)?;
+                if n == 0 {
+                    break;
+                }
                 if ended {
-                    return Err(corrupt("bytes after the snapshot's end block".into(), lsn));
+                    return Err(corrupt(format!("bytes after the snapshot's end block, at byte {pos}"), lsn));
                 }
-                let fail = |e: crate::value::CodecError| corrupt(format!("snapshot block: {e}"), lsn);
-                let len = r.u32().map_err(fail)? as usize;
+                if n < block_head.len() {
+                    return Err(corrupt(format!("snapshot is truncated in the block at byte {pos}"), lsn));
+                }
+                let len = u32::from_le_bytes(block_head[..4].try_into().expect("4 bytes")) as usize;
                 if len > SNAPSHOT_BLOCK_LEN_MAX {
-                    return Err(corrupt(format!("snapshot block of {len} bytes is past the limit"), lsn));
-                }
-                let crc = r.u32().map_err(fail)?;
-                let payload = r.bytes(len).map_err(fail)?;
-                if crc32c::crc32c(payload) != crc {
                     return Err(corrupt(
-                        format!("snapshot block checksum mismatch at byte {}", r.pos - len),
+                        format!("snapshot block of {len} bytes at byte {pos} is past the limit"),
                         lsn,
                     ));
                 }
-                let mut p = Reader::new(payload);
+                let crc = u32::from_le_bytes(block_head[4..].try_into().expect("4 bytes"));
+                payload.resize(len, 0);
+                if read_full(&mut input, &mut payload).map_err(io)? < len {
+                    return Err(corrupt(format!("snapshot is truncated in the block at byte {pos}"), lsn));
+                }
+                if crc32c::crc32c(&payload) != crc {
+                    return Err(corrupt(format!("snapshot block checksum mismatch at byte {pos}"), lsn));
+                }
+                let block_pos = pos;
+                pos += (block_head.len() + len) as u64;
+                let fail = |e: crate::value::CodecError| {
+                    corrupt(format!("snapshot block at byte {block_pos}: {e}"), lsn)
+                };
+                let mut p = Reader::new(&payload);
                 while !p.is_empty() {
                     match p.u8().map_err(fail)? {
                         1 => {
                             let def = TableDef::decode(&mut p).map_err(fail)?;
                             let expected_rows = p.uvarint().map_err(fail)?;
+                            if tables.iter().any(|t| t.table().def.id == def.id) {
+                                return Err(corrupt(format!("table id {} is defined twice", def.id), lsn));
+                            }
                             store.create_table(Arc::new(def.clone()), lsn);
                             let t = store.table_data(def.id).expect("table just created");
-                            // A hint only: never reserve for more rows than the file could hold.
-                            t.reserve((expected_rows as usize).min(data.len() / 2));
-                            tables.push(t);
+                            // A hint only: never reserve for more rows than the input could hold.
+                            tables.push(TableLoader::new(t, (expected_rows as usize).min(rows_hint_max)));
                         }
                         2 => {
                             let id = TableId(p.uvarint().map_err(fail)? as u32);
-                            let Some(t) = tables.iter().find(|t| t.def.id == id) else {
+                            let Some(t) = tables.iter_mut().find(|t| t.table().def.id == id) else {
                                 return Err(corrupt(format!("rows for unknown table id {id}"), lsn));
                             };
                             let n = p.uvarint().map_err(fail)?;
                             for _ in 0..n {
                                 let len = p.len(ROW_LEN_MAX).map_err(fail)?;
                                 let row = p.bytes(len).map_err(fail)?;
-                                let key = row_key(&t.def.types, t.def.pk, row).map_err(fail)?;
-                                crate::value::validate_row(&t.def.types, row).map_err(fail)?;
-                                batch.push((key, row.into()));
+                                let def = &t.table().def;
+                                let key = row_key(&def.types, def.pk, row).map_err(fail)?;
+                                crate::value::validate_row(&def.types, row).map_err(fail)?;
+                                batch.push(t.add(key, row.into(), lsn));
                                 rows_seen += 1;
                                 if batch.len() == LOAD_BATCH_ROWS {
                                     let full =
                                         std::mem::replace(&mut batch, Vec::with_capacity(LOAD_BATCH_ROWS));
-                                    tx.send((Arc::clone(t), full))
+                                    tx.send((Arc::clone(t.table()), full))
                                         .expect("the inserter runs until the channel closes");
                                 }
                             }
                             if !batch.is_empty() {
-                                tx.send((Arc::clone(t), std::mem::take(&mut batch)))
+                                tx.send((Arc::clone(t.table()), std::mem::take(&mut batch)))
                                     .expect("the inserter runs until the channel closes");
                             }
                         }
@@ -322,7 +365,12 @@ pub fn load_snapshot(path: &Path, store: &Store, expected_system_id: u64) -> Res
                             }
                             ended = true;
                         }
-                        t => return Err(corrupt(format!("unknown snapshot entry {t}"), lsn)),
+                        t => {
+                            return Err(corrupt(
+                                format!("unknown snapshot entry {t} at byte {block_pos}"),
+                                lsn,
+                            ))
+                        }
                     }
                 }
             }
@@ -332,8 +380,17 @@ pub fn load_snapshot(path: &Path, store: &Store, expected_system_id: u64) -> Res
             Ok(())
         })();
         drop(tx);
+        // The hash indexes are built while the inserter finishes the ordered ones.
+        let indexed = parsed.and_then(|()| {
+            for t in tables {
+                let id = t.table().def.id;
+                t.finish(store)
+                    .map_err(|key| corrupt(format!("table id {id} holds key {key:?} twice"), lsn))?;
+            }
+            Ok(())
+        });
         inserter.join().expect("the snapshot inserter does not panic");
-        parsed
+        indexed
     })?;
 
     if store.digest() != meta.digest {
@@ -349,6 +406,38 @@ pub fn load_snapshot(path: &Path, store: &Store, expected_system_id: u64) -> Res
     store.note_table_id(TableId(meta.next_table_id.saturating_sub(1)));
     store.reset_visible(lsn);
     Ok(meta)
+}
+
+/// A snapshot loaded into a store of its own ahead of opening the database: a replica loads
+/// its base backup's snapshot while the bytes stream in, then opens the database with it
+/// ([`crate::Database::open_standby_loaded`]) instead of reading the file back.
+pub struct LoadedSnapshot {
+    pub(crate) store: Arc<Store>,
+    /// What the snapshot holds.
+    pub meta: SnapshotMeta,
+}
+
+impl LoadedSnapshot {
+    /// Loads a snapshot from `input` (see [`load_snapshot_from`] for the arguments).
+    pub fn load(input: impl Read, size_hint: u64, path: &Path, expected_system_id: u64) -> Result<Self> {
+        let store = Arc::new(Store::new(Lsn::ZERO));
+        let meta = load_snapshot_from(input, size_hint, path, &store, expected_system_id)?;
+        Ok(LoadedSnapshot { store, meta })
+    }
+}
+
+/// Reads until `buf` is full or the input ends; returns the bytes read.
+fn read_full(input: &mut impl Read, buf: &mut [u8]) -> std::io::Result<usize> {
+    let mut filled = 0;
+    while filled < buf.len() {
+        match input.read(&mut buf[filled..]) {
+            Ok(0) => break,
+            Ok(n) => filled += n,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(filled)
 }
 
 /// The control file's contents.

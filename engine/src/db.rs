@@ -16,7 +16,7 @@
 //! a read view; the committer records them when they finish.
 
 use crate::checkpoint::{
-    load_snapshot, snapshot_file_name, write_snapshot, Control, SnapshotMeta, SnapshotWritten,
+    load_snapshot, snapshot_file_name, write_snapshot, Control, LoadedSnapshot, SnapshotMeta, SnapshotWritten,
 };
 use crate::error::{Error, ErrorCode, Result, SqlError};
 use crate::replay::{Replayer, TXN_CHANGE_BYTES_MAX};
@@ -384,7 +384,7 @@ impl Database {
     /// Opens the data directory `dir`, initialising it when it is empty or missing, and runs
     /// crash recovery: newest snapshot + WAL replay, torn tail cut with a warning.
     pub fn open(dir: &Path, config: Config) -> Result<Arc<Database>> {
-        Database::open_mode(dir, config, false)
+        Database::open_mode(dir, config, false, None)
     }
 
     /// Opens an initialised data directory as a replica (a standby): crash recovery as for a
@@ -399,10 +399,27 @@ impl Database {
                 dir.display()
             )));
         }
-        Database::open_mode(dir, config, true)
+        Database::open_mode(dir, config, true, None)
     }
 
-    fn open_mode(dir: &Path, config: Config, standby: bool) -> Result<Arc<Database>> {
+    /// [`Database::open_standby`] for a directory just made from a base backup whose snapshot
+    /// was loaded as it arrived: `loaded` must be the snapshot the control file names.
+    pub fn open_standby_loaded(dir: &Path, config: Config, loaded: LoadedSnapshot) -> Result<Arc<Database>> {
+        if !dir.join("control").exists() {
+            return Err(Error::Mismatch(format!(
+                "{} has no control file: a replica's data directory is made from a base backup",
+                dir.display()
+            )));
+        }
+        Database::open_mode(dir, config, true, Some(loaded))
+    }
+
+    fn open_mode(
+        dir: &Path,
+        config: Config,
+        standby: bool,
+        loaded: Option<LoadedSnapshot>,
+    ) -> Result<Arc<Database>> {
         let started = Instant::now();
         std::fs::create_dir_all(dir)
             .map_err(|e| Error::io(format!("create data directory {}", dir.display()), e))?;
@@ -422,12 +439,31 @@ impl Database {
             });
         }
         let seg = control.segment_size_bytes;
-        let store = Arc::new(Store::new(control.checkpoint_lsn));
+        let (store, loaded_meta) = match loaded {
+            None => (Arc::new(Store::new(control.checkpoint_lsn)), None),
+            Some(l)
+                if control.snapshot.as_deref() == Some(snapshot_file_name(l.meta.lsn).as_str())
+                    && l.meta.system_id == control.system_id =>
+            {
+                (l.store, Some(l.meta))
+            }
+            Some(l) => {
+                return Err(Error::Mismatch(format!(
+                    "the snapshot loaded ahead ({} of system {:016X}) is not the one {} names",
+                    snapshot_file_name(l.meta.lsn),
+                    l.meta.system_id,
+                    control_path.display()
+                )))
+            }
+        };
         store.set_retention_us(config.version_retention.as_micros() as u64);
         let mut report = RecoveryReport::default();
         let (mut last_txid, mut last_time) = (TxId::ZERO, 0i64);
         if let Some(name) = &control.snapshot {
-            let meta = load_snapshot(&snap_dir.join(name), &store, control.system_id)?;
+            let meta = match loaded_meta {
+                Some(meta) => meta,
+                None => load_snapshot(&snap_dir.join(name), &store, control.system_id)?,
+            };
             if meta.lsn != control.checkpoint_lsn {
                 return Err(Error::Corrupt {
                     lsn: meta.lsn,

@@ -173,17 +173,18 @@ pub struct StoreStats {
 
 impl TableData {
     fn shard(&self, key: &Key) -> &RwLock<KeyMap> {
-        let mut h = rustc_hash::FxHasher::default();
-        key.hash(&mut h);
-        &self.index[(h.finish() >> (64 - INDEX_SHARDS.trailing_zeros())) as usize]
+        &self.index[Self::shard_no(key)]
     }
 
-    /// Sizes the hash index for about `rows` keys (snapshot loading).
-    pub(crate) fn reserve(&self, rows: usize) {
-        let per_shard = rows / INDEX_SHARDS + rows / INDEX_SHARDS / 8;
-        for shard in self.index.iter() {
-            shard.write().reserve(per_shard);
-        }
+    fn shard_no(key: &Key) -> usize {
+        let mut h = rustc_hash::FxHasher::default();
+        key.hash(&mut h);
+        (h.finish() >> (64 - INDEX_SHARDS.trailing_zeros())) as usize
+    }
+
+    /// Links a loaded chain into the ordered index (snapshot restore, see [`TableLoader`]).
+    pub(crate) fn load_ordered(&self, key: Key, chain: Arc<Chain>) {
+        self.rows.insert(key, chain);
     }
 
     /// Calls `f` with the chain of `key`, if the key has one, under its shard's read lock.
@@ -191,6 +192,70 @@ impl TableData {
     fn with_chain<R>(&self, key: &Key, f: impl FnOnce(&Chain) -> R) -> Option<R> {
         let shard = self.shard(key).read();
         shard.get(key).map(|c| f(c))
+    }
+}
+
+/// Restores one table's rows from a snapshot, before any reader exists, split so that two
+/// threads share the work: the loading thread makes each row's chain with [`TableLoader::add`]
+/// and hands `(key, chain)` to a second thread that links it into the ordered index
+/// ([`TableData::load_ordered`]); [`TableLoader::finish`] then builds the hash index one shard
+/// at a time, so each shard's table stays in cache while it fills (inserting as rows arrive
+/// would touch the whole index at random, a cache miss per row).
+pub(crate) struct TableLoader {
+    table: Arc<TableData>,
+    /// The chains made so far, by hash-index shard.
+    shards: Vec<Vec<(Key, Arc<Chain>)>>,
+    digest: u64,
+    rows: u64,
+}
+
+impl TableLoader {
+    /// A loader for `table`, which is empty and expects about `rows_hint` rows.
+    pub(crate) fn new(table: Arc<TableData>, rows_hint: usize) -> TableLoader {
+        // A hint from the snapshot itself: sizing past this lets the buffers grow instead.
+        const ROWS_HINT_MAX: usize = 1 << 24;
+        let rows_hint = rows_hint.min(ROWS_HINT_MAX);
+        let per_shard = rows_hint / INDEX_SHARDS + rows_hint / INDEX_SHARDS / 8;
+        TableLoader {
+            table,
+            shards: (0..INDEX_SHARDS).map(|_| Vec::with_capacity(per_shard)).collect(),
+            digest: 0,
+            rows: 0,
+        }
+    }
+
+    /// The table being loaded.
+    pub(crate) fn table(&self) -> &Arc<TableData> {
+        &self.table
+    }
+
+    /// Makes the chain of a loaded row, whose only version is at `lsn`; returns what the
+    /// ordered index needs.
+    pub(crate) fn add(&mut self, key: Key, row: Box<[u8]>, lsn: Lsn) -> (Key, Arc<Chain>) {
+        self.digest = self.digest.wrapping_add(row_hash(self.table.seed, &row));
+        self.rows += 1;
+        let chain =
+            Arc::new(Chain { head: Atomic::new(Version { lsn, row: Some(row), next: Atomic::null() }) });
+        self.shards[TableData::shard_no(&key)].push((key.clone(), Arc::clone(&chain)));
+        (key, chain)
+    }
+
+    /// Builds the hash index and adds the rows to the table's and the store's digest and
+    /// count. Fails on a key loaded twice (the caller reports the snapshot as corrupt).
+    pub(crate) fn finish(self, store: &Store) -> std::result::Result<(), Key> {
+        for (entries, shard) in self.shards.into_iter().zip(self.table.index.iter()) {
+            let mut shard = shard.write();
+            shard.reserve(entries.len());
+            for (key, chain) in entries {
+                if let Some(_previous) = shard.insert(key.clone(), chain) {
+                    return Err(key);
+                }
+            }
+        }
+        self.table.row_digest.fetch_add(self.digest, Ordering::Relaxed);
+        self.table.row_count.fetch_add(self.rows, Ordering::Relaxed);
+        store.digest.fetch_add(self.digest, Ordering::Relaxed);
+        Ok(())
     }
 }
 
@@ -522,18 +587,6 @@ impl Store {
     /// Number of live rows in table `id` at the newest version.
     pub fn row_count(&self, id: TableId) -> u64 {
         self.table_data(id).map_or(0, |t| t.row_count.load(Ordering::Relaxed))
-    }
-
-    /// Loads a row during snapshot restore, before any reader exists. Writer only.
-    pub(crate) fn load_row(&self, table: &TableData, key: Key, row: Box<[u8]>, lsn: Lsn) {
-        let h = row_hash(table.seed, &row);
-        table.row_digest.fetch_add(h, Ordering::Relaxed);
-        table.row_count.fetch_add(1, Ordering::Relaxed);
-        self.digest.fetch_add(h, Ordering::Relaxed);
-        let chain =
-            Arc::new(Chain { head: Atomic::new(Version { lsn, row: Some(row), next: Atomic::null() }) });
-        table.rows.insert(key.clone(), Arc::clone(&chain));
-        table.shard(&key).write().insert(key, chain);
     }
 
     /// Recomputes the digest from every live row (slow; for verification).

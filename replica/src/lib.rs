@@ -117,18 +117,22 @@ impl ReplicaHandle {
 pub async fn start(config: ReplicaConfig) -> Result<ReplicaHandle, Error> {
     let dir = config.data_dir.clone();
     let state = Arc::new(RecoveryState::new(&config.primary));
-    let connection = if dir.join("control").exists() {
-        None
+    let (connection, loaded) = if dir.join("control").exists() {
+        (None, None)
     } else {
         bootstrap::prepare_dir(&dir)?;
         state.set_phase("bootstrapping");
-        Some(bootstrap::bootstrap(&config).await?)
+        let (upstream, loaded) = bootstrap::bootstrap(&config).await?;
+        (Some(upstream), Some(loaded))
     };
     let engine_config = config.server.engine_config();
     let open_dir = dir.clone();
-    let db = tokio::task::spawn_blocking(move || Database::open_standby(&open_dir, engine_config))
-        .await
-        .map_err(|e| Error::DataDir(format!("open the standby database: {e}")))??;
+    let db = tokio::task::spawn_blocking(move || match loaded {
+        Some(loaded) => Database::open_standby_loaded(&open_dir, engine_config, loaded),
+        None => Database::open_standby(&open_dir, engine_config),
+    })
+    .await
+    .map_err(|e| Error::DataDir(format!("open the standby database: {e}")))??;
     let auth = load_roles(&dir)?;
     let host_state = Arc::clone(&state);
     let host_db = Arc::clone(&db);

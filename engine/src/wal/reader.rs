@@ -13,7 +13,7 @@ use super::segment::{parse_segment_file_name, segment_file_name, segment_of};
 use crate::error::{Error, Result};
 use hindsight_protocol::{Lsn, Timeline};
 use std::collections::BTreeMap;
-use std::io::Read;
+use std::io::{Read, Seek, SeekFrom};
 use std::path::{Path, PathBuf};
 
 /// Bytes read from a segment file at a time.
@@ -212,13 +212,27 @@ fn read_full(file: &mut std::fs::File, buf: &mut [u8]) -> std::io::Result<usize>
 /// intact records after it, and that is corruption, never a tail to cut), and whether any
 /// non-zero byte does. Runs only at recovery, so it may read the whole segment.
 fn scan_after(path: &Path, segment_size_bytes: u64, bad: Lsn) -> Result<(bool, bool)> {
-    let data =
-        std::fs::read(path).map_err(|e| Error::io(format!("read WAL segment {}", path.display()), e))?;
-    let start = ((bad.0 % segment_size_bytes) as usize).min(data.len());
-    let dirty = data[start..].iter().any(|&b| b != 0);
+    let io = |e| Error::io(format!("read WAL segment {}", path.display()), e);
+    let start = bad.0 % segment_size_bytes;
+    // The usual case, a clean end of WAL, is zeros to the end: check those a chunk at a time
+    // rather than reading the whole segment into memory.
+    let mut file = std::fs::File::open(path).map_err(io)?;
+    file.seek(SeekFrom::Start(start)).map_err(io)?;
+    let mut chunk = vec![0u8; SCAN_CHUNK_BYTES];
+    let dirty = loop {
+        let n = file.read(&mut chunk).map_err(io)?;
+        if n == 0 {
+            break false;
+        }
+        if chunk[..n].iter().any(|&b| b != 0) {
+            break true;
+        }
+    };
     if !dirty {
         return Ok((false, false));
     }
+    let data = std::fs::read(path).map_err(io)?;
+    let start = (start as usize).min(data.len());
     let mut off = start + 1;
     while off + RECORD_HEADER_LEN <= data.len() {
         let len = u32::from_le_bytes(data[off..off + 4].try_into().expect("4 bytes")) as usize;
@@ -233,6 +247,9 @@ fn scan_after(path: &Path, segment_size_bytes: u64, bad: Lsn) -> Result<(bool, b
     }
     Ok((false, true))
 }
+
+/// How much of a segment's tail [`scan_after`] reads at a time while it finds only zeros.
+const SCAN_CHUNK_BYTES: usize = 256 * 1024;
 
 /// Reads raw WAL bytes, segment headers and padding included, for a WAL sender or a base
 /// backup: the byte stream a replica writes at the same Lsns.

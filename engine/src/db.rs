@@ -91,17 +91,6 @@ impl Default for Config {
     }
 }
 
-/// Where a database's WAL stands: `insert_lsn >= flushed_lsn >= visible_lsn`.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct WalPositions {
-    /// The end of the WAL written (not necessarily durable).
-    pub insert_lsn: Lsn,
-    /// The end of the durable WAL.
-    pub flushed_lsn: Lsn,
-    /// The newest published state (on a replica: replayed).
-    pub visible_lsn: Lsn,
-}
-
 /// A snapshot of the database's status for `SHOW STATUS` and functions.
 #[derive(Clone, Debug)]
 pub struct Status {
@@ -718,35 +707,6 @@ impl Database {
             return Err(Error::Poisoned(why));
         }
         self.wal_tx.send((start, bytes)).map_err(|_| Error::Shutdown)
-    }
-
-    /// [`Database::apply_wal`] without blocking: when [`WAL_QUEUE_MAX`] slices wait already,
-    /// hands the slice back (`Ok(Some(bytes))`) for the caller to queue with `apply_wal`.
-    pub fn try_apply_wal(&self, start: Lsn, bytes: Vec<u8>) -> Result<Option<Vec<u8>>> {
-        assert!(self.standby, "try_apply_wal on a primary");
-        if let Some(why) = self.shared.replay_error.lock().clone() {
-            return Err(Error::Poisoned(why));
-        }
-        match self.wal_tx.try_send((start, bytes)) {
-            Ok(()) => Ok(None),
-            Err(crossbeam_channel::TrySendError::Full((_, bytes))) => Ok(Some(bytes)),
-            Err(crossbeam_channel::TrySendError::Disconnected(_)) => Err(Error::Shutdown),
-        }
-    }
-
-    /// The WAL positions alone, cheaper than [`Database::status`] (a replica reports them
-    /// upstream after every publish).
-    pub fn wal_positions(&self) -> WalPositions {
-        let visible_lsn = self.shared.published.lock().lsn;
-        WalPositions {
-            insert_lsn: Lsn(self.shared.insert_lsn.load(Ordering::Acquire)),
-            flushed_lsn: if self.standby {
-                Lsn(self.shared.flushed_lsn.load(Ordering::Acquire))
-            } else {
-                visible_lsn
-            },
-            visible_lsn,
-        }
     }
 
     /// Installs the function called after every publish with the new visible Lsn (WAL senders

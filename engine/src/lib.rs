@@ -28,5 +28,5 @@ pub mod txn;
 pub mod value;
 pub mod wal;
 
-pub use db::{Database, Status, WalPositions};
+pub use db::{Database, Status};
 pub use error::{Error, ErrorCode, Position, Result, SqlError};

@@ -167,12 +167,6 @@ async fn stream(
                 let _ = upstream.send(ClientMessage::from(Terminate {})).await;
                 return Ok(());
             }
-            changed = published.changed() => {
-                if changed.is_err() {
-                    return Ok(());
-                }
-                send_status(db, &mut upstream, *received).await.map_err(|e| fail(e, streamed))?;
-            }
             message = upstream.next() => {
                 last_heard = Instant::now();
                 let message = match message {
@@ -187,12 +181,8 @@ async fn stream(
                         }
                         let len = wal.data.len() as u64;
                         let start = *received;
-                        // Queued without blocking; only while the committer's bounded queue is
-                        // full does this wait (back-pressure), off the async worker.
-                        let applied = match db.try_apply_wal(start, wal.data.to_vec()) {
-                            Ok(Some(data)) => tokio::task::block_in_place(|| db.apply_wal(start, data)),
-                            other => other.map(|_| ()),
-                        };
+                        // Blocks only while the committer's bounded queue is full (back-pressure).
+                        let applied = tokio::task::block_in_place(|| db.apply_wal(start, wal.data.to_vec()));
                         applied.map_err(|e| fail(format!("replay stopped: {e}"), streamed))?;
                         *received = start.add(len);
                         if !streamed {
@@ -223,6 +213,12 @@ async fn stream(
                     _ => return Err(fail("unexpected message while streaming".into(), streamed)),
                 }
             }
+            changed = published.changed() => {
+                if changed.is_err() {
+                    return Ok(());
+                }
+                send_status(db, &mut upstream, *received).await.map_err(|e| fail(e, streamed))?;
+            }
             _ = status_timer.tick() => {
                 if last_heard.elapsed() > UPSTREAM_TIMEOUT {
                     return Err(fail(format!("the upstream was silent for {} s", UPSTREAM_TIMEOUT.as_secs()), streamed));
@@ -235,10 +231,10 @@ async fn stream(
 
 /// Reports the Lsn ladder upstream.
 async fn send_status(db: &Database, upstream: &mut Upstream, received: Lsn) -> Result<(), String> {
-    let p = db.wal_positions();
-    let replayed = p.visible_lsn;
-    let flushed = p.flushed_lsn.max(replayed);
-    let written = p.insert_lsn.max(flushed);
+    let s = db.status();
+    let replayed = s.visible_lsn;
+    let flushed = s.flushed_lsn.max(replayed);
+    let written = s.insert_lsn.max(flushed);
     let received = received.max(written);
     let status = StandbyStatus {
         received_lsn: received.0,

@@ -393,25 +393,27 @@ impl Database {
     /// are refused with `read_only`. The directory must exist with a control file (made by
     /// [`crate::backup::install_base_backup`]).
     pub fn open_standby(dir: &Path, config: Config) -> Result<Arc<Database>> {
-        if !dir.join("control").exists() {
-            return Err(Error::Mismatch(format!(
-                "{} has no control file: a replica's data directory is made from a base backup",
-                dir.display()
-            )));
-        }
-        Database::open_mode(dir, config, true, None)
+        Database::open_standby_with(dir, config, None)
     }
 
     /// [`Database::open_standby`] for a directory just made from a base backup whose snapshot
     /// was loaded as it arrived: `loaded` must be the snapshot the control file names.
     pub fn open_standby_loaded(dir: &Path, config: Config, loaded: LoadedSnapshot) -> Result<Arc<Database>> {
+        Database::open_standby_with(dir, config, Some(loaded))
+    }
+
+    fn open_standby_with(
+        dir: &Path,
+        config: Config,
+        loaded: Option<LoadedSnapshot>,
+    ) -> Result<Arc<Database>> {
         if !dir.join("control").exists() {
             return Err(Error::Mismatch(format!(
                 "{} has no control file: a replica's data directory is made from a base backup",
                 dir.display()
             )));
         }
-        Database::open_mode(dir, config, true, Some(loaded))
+        Database::open_mode(dir, config, true, loaded)
     }
 
     fn open_mode(

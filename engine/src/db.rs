@@ -22,7 +22,7 @@ use crate::error::{Error, ErrorCode, Result, SqlError};
 use crate::replay::{Replayer, TXN_CHANGE_BYTES_MAX};
 use crate::schema::TableId;
 use crate::store::{ReadView, Store};
-use crate::txn::{CommitInfo, WriteSet};
+use crate::txn::{AfterCommit, CommitInfo, WriteSet};
 use crate::wal::decoder::Decoder;
 use crate::wal::holds::{HoldError, WalHold, WalHolds};
 use crate::wal::reader::{list_segments, scan_wal, TailPolicy, WalDir};
@@ -209,23 +209,28 @@ impl Shared {
 
 /// An acknowledgement waiting for its group's fdatasync.
 enum Ack {
-    Commit(Sender<Result<CommitInfo>>, CommitInfo),
+    Commit(Sender<Result<CommitInfo>>, CommitInfo, AfterCommit),
     Lsn(Sender<Result<Lsn>>, Lsn),
 }
 
 impl Ack {
     fn fail(self, why: &str) {
         match self {
-            Ack::Commit(reply, _) => drop(reply.send(Err(Error::Poisoned(why.to_string())))),
+            Ack::Commit(reply, _, _) => drop(reply.send(Err(Error::Poisoned(why.to_string())))),
             Ack::Lsn(reply, _) => drop(reply.send(Err(Error::Poisoned(why.to_string())))),
         }
     }
 
     fn succeed(self) {
         match self {
-            Ack::Commit(reply, info) => drop(reply.send(Ok(info))),
+            Ack::Commit(reply, info, _) => drop(reply.send(Ok(info))),
             Ack::Lsn(reply, lsn) => drop(reply.send(Ok(lsn))),
         }
+    }
+
+    /// Whether the writer comes straight back after this acknowledgement (see [`AfterCommit`]).
+    fn writer_returns(&self) -> bool {
+        !matches!(self, Ack::Commit(_, _, AfterCommit::WaitsForStandbys))
     }
 }
 
@@ -323,7 +328,7 @@ impl Flusher {
                     hook(lsn);
                 }
             }
-            last_acked = acks.len();
+            last_acked = acks.iter().filter(|a| a.writer_returns()).count();
             shared.commits.fetch_add(acks.len() as u64, Ordering::Relaxed);
             acks.into_iter().for_each(Ack::succeed);
         }
@@ -331,7 +336,7 @@ impl Flusher {
 }
 
 enum Request {
-    Commit(WriteSet, Sender<Result<CommitInfo>>),
+    Commit(WriteSet, AfterCommit, Sender<Result<CommitInfo>>),
     /// A replica's input: WAL bytes at their Lsn.
     Wal(Lsn, Vec<u8>),
     RestorePoint(String, Sender<Result<Lsn>>),
@@ -660,6 +665,12 @@ impl Database {
     /// A write–write conflict fails with `serialization_failure` and changes nothing. An empty
     /// write set logs nothing and reports the newest committed transaction.
     pub fn commit(&self, ws: WriteSet) -> Result<CommitInfo> {
+        self.commit_then(ws, AfterCommit::Returns)
+    }
+
+    /// [`commit`](Database::commit), saying what the writer does once acknowledged, so the
+    /// group commit does not hold an fdatasync for a writer that will not be back soon.
+    pub fn commit_then(&self, ws: WriteSet, after: AfterCommit) -> Result<CommitInfo> {
         if self.standby && !ws.is_empty() {
             return Err(Error::Sql(crate::sql::read_only_error("COMMIT")));
         }
@@ -667,7 +678,7 @@ impl Database {
             let p = *self.shared.published.lock();
             return Ok(CommitInfo { txid: p.txid, lsn: p.lsn, commit_time_us: p.commit_time_us });
         }
-        self.request(|reply| Request::Commit(ws, reply))
+        self.request(|reply| Request::Commit(ws, after, reply))
     }
 
     /// A table id for CREATE TABLE or TRUNCATE.
@@ -1018,8 +1029,8 @@ impl Committer {
         let mut stop = false;
         for req in batch.drain(..) {
             match req {
-                Request::Commit(ws, reply) => match self.commit(ws) {
-                    Ok(info) => acks.push(Ack::Commit(reply, info)),
+                Request::Commit(ws, after, reply) => match self.commit(ws) {
+                    Ok(info) => acks.push(Ack::Commit(reply, info, after)),
                     Err(e) => {
                         let _ = reply.send(Err(e));
                     }

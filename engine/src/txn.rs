@@ -45,6 +45,20 @@ impl WriteSet {
     }
 }
 
+/// What the writer does once its commit is acknowledged, which the group commit uses to time
+/// its fdatasyncs (see [`COMMIT_DELAY`](crate::db::COMMIT_DELAY)).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum AfterCommit {
+    /// It goes on at once, so its next commit is expected soon: worth holding an fdatasync
+    /// for a moment so that it shares one.
+    #[default]
+    Returns,
+    /// It waits for synchronous standbys to confirm the commit (`synchronous_commit` above
+    /// `local`), so its next commit is a replication round trip away: holding an fdatasync
+    /// for it only delays everyone.
+    WaitsForStandbys,
+}
+
 /// What a successful commit reports.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct CommitInfo {

@@ -30,6 +30,12 @@ pub trait ReplicationHost: Send + Sync {
     fn create_replication_slot(&self, name: &str) -> Result<StatementResult, SqlError>;
     /// `DROP REPLICATION SLOT name`, `name` already checked by [`slot_name`].
     fn drop_replication_slot(&self, name: &str) -> Result<StatementResult, SqlError>;
+    /// Whether a commit at this `synchronous_commit` level (as the session stores it) waits
+    /// for synchronous standbys after the local acknowledgement. The engine uses it only to
+    /// time group commits; a replica, which takes no commits, keeps the default.
+    fn commit_waits_for_standbys(&self, _synchronous_commit: &str) -> bool {
+        false
+    }
 }
 
 /// Checks and normalises a replication slot name: 1 to [`SLOT_NAME_LEN_MAX`] characters of

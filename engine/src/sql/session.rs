@@ -21,7 +21,7 @@ use super::transaction::Txn;
 use super::{bulk, ddl, Column, StatementResult, EXPR_OPERATORS_MAX, STATEMENT_LEN_MAX};
 use crate::db::Database;
 use crate::error::{ErrorCode, Position, SqlError};
-use crate::txn::CommitInfo;
+use crate::txn::{AfterCommit, CommitInfo};
 use crate::value::{DataType, Value};
 use sqlparser::ast;
 use sqlparser::dialect::PostgreSqlDialect;
@@ -224,6 +224,16 @@ impl Session {
         self.settings.get(name)
     }
 
+    /// What this session does after a commit is acknowledged: waits for synchronous standbys
+    /// when its server has a host that says its `synchronous_commit` level makes it wait.
+    fn after_commit(&self) -> AfterCommit {
+        let level = self.settings.get("synchronous_commit").unwrap_or("local");
+        match &self.host {
+            Some(host) if host.commit_waits_for_standbys(level) => AfterCommit::WaitsForStandbys,
+            _ => AfterCommit::Returns,
+        }
+    }
+
     /// Counters of how this session's statements read tables.
     pub fn stats(&self) -> SessionStats {
         self.stats
@@ -314,7 +324,8 @@ impl Session {
         }
         match block.txn {
             Some(txn) if txn.has_writes() => {
-                let info = self.db.commit(txn.into_write_set()).map_err(|e| e.to_sql_error())?;
+                let after = self.after_commit();
+                let info = self.db.commit_then(txn.into_write_set(), after).map_err(|e| e.to_sql_error())?;
                 Ok(command("COMMIT".into(), 0, Some(info)))
             }
             _ => Ok(StatementResult::tag("COMMIT")),
@@ -344,6 +355,7 @@ impl Session {
             }
         }
         let status = || db.status();
+        let after = self.after_commit();
         match &mut self.block {
             Some(block) => {
                 let start_us = block.start_us;
@@ -356,7 +368,7 @@ impl Session {
                 let env = Env::new(txn.start_us, &status);
                 let out = f(&mut txn, &env, &mut self.stats)?;
                 let info = if txn.has_writes() {
-                    Some(db.commit(txn.into_write_set()).map_err(|e| e.to_sql_error())?)
+                    Some(db.commit_then(txn.into_write_set(), after).map_err(|e| e.to_sql_error())?)
                 } else {
                     None
                 };

@@ -399,7 +399,7 @@ impl Replication {
         level: SyncLevel,
         cancel: &CancellationToken,
     ) -> Result<(), WaitCancelled> {
-        if self.rule.is_none() || level.position(&StandbyPositions::default()).is_none() {
+        if !self.commit_waits(level) {
             return Ok(());
         }
         let mut rx = self.confirmed.subscribe();
@@ -419,6 +419,12 @@ impl Replication {
                 }
             }
         }
+    }
+
+    /// Whether a commit at `level` waits for standbys at all: not at `off` or `local`, and not
+    /// while `synchronous_standbys` names none.
+    pub fn commit_waits(&self, level: SyncLevel) -> bool {
+        !self.rule.is_none() && level.position(&StandbyPositions::default()).is_some()
     }
 
     /// Recomputes what the synchronous standbys confirmed and wakes waiters if it changed.
@@ -616,6 +622,10 @@ impl Drop for StandbyHandle {
 }
 
 impl ReplicationHost for Replication {
+    fn commit_waits_for_standbys(&self, synchronous_commit: &str) -> bool {
+        SyncLevel::from_setting(synchronous_commit).is_some_and(|level| self.commit_waits(level))
+    }
+
     fn show_replication(&self) -> Result<StatementResult, SqlError> {
         let now = Instant::now();
         let mut st = lock(&self.state);

@@ -16,8 +16,10 @@
 //! once, here, with the peer address from the connection's span.
 //!
 //! The session lives on the connection task. Each `Query` runs where blocking is allowed (the
-//! engine blocks on the group-commit fsync): in place via `block_in_place` on a multi-threaded
-//! runtime, else on the blocking pool. When the client goes away, mid-transaction or
+//! engine blocks on the group-commit fsync, see [`Placement`]): right there when the connection
+//! has a thread of its own, which is how the server serves connections; else in place via
+//! `block_in_place` on a multi-threaded runtime, or on the blocking pool. When the client goes
+//! away, mid-transaction or
 //! not, the session is dropped with its buffered writes: nothing of an open transaction was
 //! logged, so nothing needs undoing.
 
@@ -95,12 +97,26 @@ pub(crate) async fn recv(transport: &mut Transport) -> Incoming {
     }
 }
 
+/// Where a connection's statements run. They may block (a commit waits for its group's
+/// fdatasync), which a task sharing its runtime's threads must not simply do.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Placement {
+    /// The connection has a thread (and a current-thread runtime) of its own: a statement runs
+    /// right where its query was read, and blocking stops only this connection.
+    OwnThread,
+    /// The connection is a task on a shared runtime: a statement runs in place with
+    /// `block_in_place` on a multi-threaded runtime (the worker's other tasks move to another
+    /// thread), else on the blocking pool.
+    SharedRuntime,
+}
+
 /// Serves one connection until it ends. Holds `_permit` (a connection slot) throughout.
 pub(crate) async fn serve(
     shared: Arc<Shared>,
     stream: TcpStream,
     peer: SocketAddr,
     _permit: OwnedSemaphorePermit,
+    placement: Placement,
 ) {
     // Request/response traffic: every reply is one small write that must leave at once.
     if let Err(e) = stream.set_nodelay(true) {
@@ -117,7 +133,7 @@ pub(crate) async fn serve(
     if purpose == Purpose::Replication {
         crate::walsender::serve_replication(&shared, &mut transport, peer, application).await;
     } else {
-        serve_session(&shared, &mut transport, role).await;
+        serve_session(&shared, &mut transport, role, placement).await;
     }
 }
 
@@ -242,7 +258,7 @@ async fn check_startup(
 }
 
 /// The session loop: one `Query` at a time until the client leaves or the server stops.
-async fn serve_session(shared: &Shared, transport: &mut Transport, role: Role) {
+async fn serve_session(shared: &Shared, transport: &mut Transport, role: Role, placement: Placement) {
     let mut session = Session::new(Arc::clone(&shared.db));
     // `readonly` and `replication` sessions read only: every write or administrative change
     // fails with `read_only`, and the session stays usable.
@@ -283,10 +299,12 @@ async fn serve_session(shared: &Shared, transport: &mut Transport, role: Role) {
             }
         };
         match message.msg {
-            Some(Msg::Query(query)) => match run_query(shared, transport, session, query.sql).await {
-                Some(back) => session = back,
-                None => return,
-            },
+            Some(Msg::Query(query)) => {
+                match run_query(shared, transport, session, query.sql, placement).await {
+                    Some(back) => session = back,
+                    None => return,
+                }
+            }
             Some(Msg::Terminate(_)) => {
                 tracing::debug!("client terminated the session");
                 return;
@@ -309,6 +327,7 @@ async fn run_query(
     transport: &mut Transport,
     mut session: Session,
     sql: String,
+    placement: Placement,
 ) -> Option<Session> {
     let execute = move || {
         let results = session.execute(&sql);
@@ -325,15 +344,17 @@ async fn run_query(
         let replies = answer(results, session.in_transaction(), session.transaction_failed());
         (session, replies, commit_lsn.zip(level))
     };
-    // On a multi-threaded runtime the statement runs right here, with this worker thread
-    // handing its other tasks to the rest of the runtime (`block_in_place`): no hand-off to a
-    // blocking thread and back, which is most of a point query's round trip. Elsewhere it goes
-    // to the blocking pool. Either way a panic becomes an error, not a dead server.
-    let ran: Result<_, String> = if Handle::current().runtime_flavor() == RuntimeFlavor::MultiThread {
-        tokio::task::block_in_place(|| std::panic::catch_unwind(AssertUnwindSafe(execute)))
-            .map_err(|panic| panic_message(panic.as_ref()))
-    } else {
-        tokio::task::spawn_blocking(execute).await.map_err(|e| e.to_string())
+    // Never a hand-off to another thread and back where it can be helped: that is most of a
+    // point query's round trip. Either way a panic becomes an error, not a dead server.
+    let in_place = |execute| {
+        std::panic::catch_unwind(AssertUnwindSafe(execute)).map_err(|panic| panic_message(panic.as_ref()))
+    };
+    let ran: Result<_, String> = match placement {
+        Placement::OwnThread => in_place(execute),
+        Placement::SharedRuntime if Handle::current().runtime_flavor() == RuntimeFlavor::MultiThread => {
+            tokio::task::block_in_place(|| in_place(execute))
+        }
+        Placement::SharedRuntime => tokio::task::spawn_blocking(execute).await.map_err(|e| e.to_string()),
     };
     let (session, replies, wait) = match ran {
         Ok(ran) => ran,

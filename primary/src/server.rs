@@ -1,8 +1,8 @@
 //! The server: opens the database, accepts connections, and shuts down cleanly.
 //!
-//! One accept loop owns the listener. Each accepted connection becomes a task (see
-//! [`crate::connection`]) holding one permit of the connection semaphore, so at most
-//! `max_connections` are served at once; a connection beyond that is told
+//! One accept loop owns the listener. Each accepted connection is served on a thread of its own
+//! (see [`crate::connection`] and docs/decisions.md #21), holding one permit of the connection
+//! semaphore, so at most `max_connections` are served at once; a connection beyond that is told
 //! `too_many_connections` by a small, separately bounded pool of rejecting tasks, and beyond
 //! that pool it is simply closed.
 //!
@@ -29,7 +29,7 @@ use tracing::Instrument;
 
 use crate::auth::{AdminSecretSource, Authenticator};
 use crate::config::ServerConfig;
-use crate::connection;
+use crate::connection::{self, Placement};
 use crate::replication::Replication;
 use crate::{Error, Result};
 
@@ -299,8 +299,12 @@ impl AcceptLoop {
     fn dispatch(&self, stream: TcpStream, peer: SocketAddr) {
         let span = tracing::info_span!("connection", peer = %peer);
         if let Ok(permit) = Arc::clone(&self.connection_permits).try_acquire_owned() {
+            let Err((stream, permit)) = self.serve_on_own_thread(stream, peer, permit, span.clone()) else {
+                return;
+            };
             let shared = Arc::clone(&self.shared);
-            self.tracker.spawn(connection::serve(shared, stream, peer, permit).instrument(span));
+            let serve = connection::serve(shared, stream, peer, permit, Placement::SharedRuntime);
+            self.tracker.spawn(serve.instrument(span));
             return;
         }
         match Arc::clone(&self.reject_permits).try_acquire_owned() {
@@ -318,6 +322,60 @@ impl AcceptLoop {
                 );
             }
         }
+    }
+}
+
+impl AcceptLoop {
+    /// Serves a connection on a thread of its own running a current-thread runtime for the
+    /// connection's I/O: its statements run where its queries are read and a commit's wait
+    /// blocks only that thread. As a task on the shared multi-threaded runtime, every query
+    /// handed the worker to another thread and back (`block_in_place`), several context
+    /// switches per commit on a machine where those are what a commit costs. Threads are
+    /// bounded by the connection permits. Gives the connection back when no thread can be
+    /// started, to be served as a task.
+    fn serve_on_own_thread(
+        &self,
+        stream: TcpStream,
+        peer: SocketAddr,
+        permit: OwnedSemaphorePermit,
+        span: tracing::Span,
+    ) -> std::result::Result<(), (TcpStream, OwnedSemaphorePermit)> {
+        // The thread starts first and gets the socket once it runs, so that a failed start
+        // leaves the connection here to be served another way.
+        let (socket_tx, socket_rx) =
+            std::sync::mpsc::sync_channel::<(std::net::TcpStream, OwnedSemaphorePermit)>(1);
+        let shared = Arc::clone(&self.shared);
+        // Tracked from now on: shutdown waits for the thread to finish serving.
+        let token = self.tracker.token();
+        let spawned = std::thread::Builder::new().name("hindsight-conn".into()).spawn(move || {
+            let _tracked = token;
+            let Ok((socket, permit)) = socket_rx.recv() else { return };
+            let _span = span.enter();
+            let runtime = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+                Ok(runtime) => runtime,
+                Err(e) => {
+                    tracing::error!(error = %e, "could not start a connection's runtime; closing it");
+                    return;
+                }
+            };
+            runtime.block_on(async move {
+                match TcpStream::from_std(socket) {
+                    Ok(stream) => connection::serve(shared, stream, peer, permit, Placement::OwnThread).await,
+                    Err(e) => tracing::error!(error = %e, "could not register a connection; closing it"),
+                }
+            });
+        });
+        if let Err(e) = spawned {
+            tracing::warn!(error = %e, "could not start a connection thread; serving it as a task");
+            return Err((stream, permit));
+        }
+        match stream.into_std() {
+            // The thread is waiting for it (it ends only after a receive).
+            Ok(socket) => drop(socket_tx.send((socket, permit))),
+            // The thread sees the channel close and ends.
+            Err(e) => tracing::error!(error = %e, "could not hand a connection to its thread; closing it"),
+        }
+        Ok(())
     }
 }
 

@@ -262,3 +262,20 @@ fn standbys_are_bounded() {
     drop(handles);
     r.register("one_more".into(), peer(1), None).unwrap();
 }
+
+#[test]
+fn sessions_tell_the_engine_which_commits_wait_for_standbys() {
+    let (dir, db) = open(Config::default());
+    let with_rule = replication(&dir, &db, "ANY 1 (a, b)");
+    let waits = |r: &Replication, level: &str| r.commit_waits_for_standbys(level);
+    for level in ["remote_write", "remote_flush", "remote_apply"] {
+        assert!(waits(&with_rule, level), "{level} waits when synchronous standbys are named");
+    }
+    for level in ["off", "local", "not_a_level"] {
+        assert!(!waits(&with_rule, level), "{level} never waits for standbys");
+    }
+    drop(with_rule);
+    let (dir, db) = open(Config::default());
+    let without_rule = replication(&dir, &db, "");
+    assert!(!waits(&without_rule, "remote_apply"), "no synchronous standbys: nothing to wait for");
+}

@@ -5,7 +5,7 @@
 //!                                                                                     │
 //!        ┌──────────────────────── AuthOk ◄───────────────────────────────────────────┘
 //!        ▼
-//!   Query ─► Session::execute on a blocking thread ─► RowDescription / DataRows* /
+//!   Query ─► Session::execute where blocking is allowed ─► RowDescription / DataRows* /
 //!            CommandComplete per statement, Error at the first failure ─► ReadyForQuery
 //! ```
 //!

@@ -383,17 +383,8 @@ fn run_replica(args: ReplicaArgs) -> anyhow::Result<()> {
         let handle = hindsight_replica::start(config)
             .await
             .with_context(|| format!("start the replica on {}", args.data.display()))?;
-        {
-            let mut stdout = std::io::stdout().lock();
-            writeln!(stdout, "{}", ReadyLine::replica(handle.local_addr(), handle.system_id(), &args.data))
-                .and_then(|()| stdout.flush())
-                .context("print the ready line")?;
-        }
-        let signal_name = tokio::select! {
-            _ = terminate.recv() => "SIGTERM",
-            _ = interrupt.recv() => "SIGINT",
-        };
-        tracing::info!(signal = signal_name, "stopping");
+        announce_ready(&ReadyLine::replica(handle.local_addr(), handle.system_id(), &args.data))?;
+        stop_signal(&mut terminate, &mut interrupt).await;
         handle.shutdown().await;
         Ok(())
     })
@@ -407,17 +398,26 @@ async fn serve(data: &Path, config: ServerConfig) -> anyhow::Result<()> {
     let handle = Server::start(data, config)
         .await
         .with_context(|| format!("start the primary on {}", data.display()))?;
-    {
-        let mut stdout = std::io::stdout().lock();
-        writeln!(stdout, "{}", ReadyLine::new(handle.local_addr(), handle.system_id(), data))
-            .and_then(|()| stdout.flush())
-            .context("print the ready line")?;
-    }
+    announce_ready(&ReadyLine::new(handle.local_addr(), handle.system_id(), data))?;
+    stop_signal(&mut terminate, &mut interrupt).await;
+    handle.shutdown().await;
+    Ok(())
+}
+
+/// Prints the ready line on stdout, flushed: whoever started the server waits for it.
+fn announce_ready(line: &ReadyLine) -> anyhow::Result<()> {
+    let mut stdout = std::io::stdout().lock();
+    writeln!(stdout, "{line}").and_then(|()| stdout.flush()).context("print the ready line")
+}
+
+/// Waits for SIGTERM or SIGINT (handlers installed before the ready line) and logs which.
+async fn stop_signal(
+    terminate: &mut tokio::signal::unix::Signal,
+    interrupt: &mut tokio::signal::unix::Signal,
+) {
     let signal_name = tokio::select! {
         _ = terminate.recv() => "SIGTERM",
         _ = interrupt.recv() => "SIGINT",
     };
     tracing::info!(signal = signal_name, "stopping");
-    handle.shutdown().await;
-    Ok(())
 }

@@ -235,14 +235,7 @@ pub fn run(opts: &CommitOptions) -> Result<CommitReport> {
     if let Some(&c) = opts.clients.iter().find(|&&c| c == 0 || c > CLIENTS_MAX) {
         bail!("a client count of {c} is outside 1..={CLIENTS_MAX}");
     }
-    let pg_bin = if opts.compare_postgres {
-        Some(postgres::find_bin_dir().context(
-            "find PostgreSQL: no `postgres` on PATH and nothing in /usr/lib/postgresql/15/bin (install PostgreSQL 15 \
-             or drop --compare postgres)",
-        )?)
-    } else {
-        None
-    };
+    let pg_bin = if opts.compare_postgres { Some(postgres::require_bin_dir()?) } else { None };
     let mut report = CommitReport {
         opts: opts.clone(),
         hindsight: Vec::new(),

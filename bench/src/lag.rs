@@ -434,14 +434,7 @@ pub fn run(opts: &LagOptions) -> Result<LagReport> {
     if opts.skip_hindsight && !opts.compare_postgres {
         bail!("skipping hindsight leaves nothing to measure without --compare postgres");
     }
-    let pg_bin = if opts.compare_postgres {
-        Some(postgres::find_bin_dir().context(
-            "find PostgreSQL: no `postgres` on PATH and nothing in /usr/lib/postgresql/15/bin (install PostgreSQL 15 \
-             or drop --compare postgres)",
-        )?)
-    } else {
-        None
-    };
+    let pg_bin = if opts.compare_postgres { Some(postgres::require_bin_dir()?) } else { None };
     let mut report =
         LagReport { opts: opts.clone(), hindsight: None, postgres: None, postgres_version: None };
     if !opts.skip_hindsight {

@@ -79,6 +79,17 @@ const PSQL_SESSION_EXIT_POLL: Duration = Duration::from_millis(5);
 /// Lines of a log quoted in an error.
 const LOG_TAIL_LINES: usize = 20;
 
+/// [`find_bin_dir`] for `--compare postgres`: an error that says how to get one when neither
+/// place has PostgreSQL.
+pub fn require_bin_dir() -> anyhow::Result<PathBuf> {
+    find_bin_dir().ok_or_else(|| {
+        anyhow::anyhow!(
+            "find PostgreSQL: no `postgres` on PATH and nothing in /usr/lib/postgresql/15/bin (install PostgreSQL 15 \
+             or drop --compare postgres)"
+        )
+    })
+}
+
 /// Where the PostgreSQL programs are: the directory of `postgres` on `PATH` (symlinks
 /// resolved), else [`PG_BIN_FALLBACK`]; `None` when neither holds all of [`PG_PROGRAMS`].
 pub fn find_bin_dir() -> Option<PathBuf> {

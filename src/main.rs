@@ -320,6 +320,7 @@ fn run_primary(args: PrimaryArgs) -> anyhow::Result<()> {
         config.listen = listen;
     }
     init_tracing();
+    set_transparent_huge_pages(config.transparent_huge_pages);
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .thread_name("hindsight-server")
@@ -371,6 +372,7 @@ fn run_replica(args: ReplicaArgs) -> anyhow::Result<()> {
         server,
     };
     init_tracing();
+    set_transparent_huge_pages(config.server.transparent_huge_pages);
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .thread_name("hindsight-replica")
@@ -388,6 +390,29 @@ fn run_replica(args: ReplicaArgs) -> anyhow::Result<()> {
         handle.shutdown().await;
         Ok(())
     })
+}
+
+/// Allows or forbids transparent huge pages for this process (`prctl(PR_SET_THP_DISABLE)`),
+/// per the `transparent_huge_pages` setting; the kernel checks the flag at each page fault, so
+/// it covers memory mapped before this call too. A kernel that refuses leaves the system's
+/// policy in place, with a warning.
+fn set_transparent_huge_pages(enabled: bool) {
+    let disable = libc::c_ulong::from(!enabled);
+    // SAFETY: PR_SET_THP_DISABLE takes one integer argument and the unused ones as zero; it
+    // touches no memory of ours.
+    let rc = unsafe {
+        libc::prctl(
+            libc::PR_SET_THP_DISABLE,
+            disable,
+            0 as libc::c_ulong,
+            0 as libc::c_ulong,
+            0 as libc::c_ulong,
+        )
+    };
+    if rc != 0 {
+        let e = std::io::Error::last_os_error();
+        tracing::warn!(error = %e, enabled, "could not set transparent huge pages for this process; the system's setting applies");
+    }
 }
 
 async fn serve(data: &Path, config: ServerConfig) -> anyhow::Result<()> {

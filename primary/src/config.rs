@@ -74,6 +74,12 @@ pub struct ServerConfig {
     /// in bytes behind the insert position; past it the hold is invalidated (logged, and shown
     /// in SHOW REPLICATION) rather than filling the disk. 0 means no limit.
     pub max_slot_wal_keep_bytes: u64,
+    /// Whether the server process may back its memory with transparent huge pages. Off by
+    /// default: the store's memory is mostly touched once, while a snapshot loads, and a huge
+    /// page's first touch zeroes 2 MiB at once, fresh from the host on a VM. Measured, a
+    /// replica's bootstrap of a million rows took twice as long with them (docs/decisions.md,
+    /// #24). Redis and MongoDB ship with them off for the same family of reasons.
+    pub transparent_huge_pages: bool,
     /// Storage engine settings.
     pub engine: EngineConfig,
     /// Role secrets.
@@ -88,6 +94,7 @@ impl Default for ServerConfig {
             synchronous_commit: SynchronousCommit::default(),
             synchronous_standbys: String::new(),
             max_slot_wal_keep_bytes: MAX_SLOT_WAL_KEEP_BYTES_DEFAULT,
+            transparent_huge_pages: false,
             engine: EngineConfig::default(),
             auth: AuthConfig::default(),
         }
@@ -396,6 +403,7 @@ mod tests {
         assert_eq!(config.listen, "127.0.0.1:7340");
         assert_eq!(config.max_connections, MAX_CONNECTIONS_DEFAULT);
         assert_eq!(config.synchronous_commit, SynchronousCommit::Local);
+        assert!(!config.transparent_huge_pages);
         assert!(config.engine.fsync);
         assert_eq!(config.engine.checkpoint_interval, Duration::from_secs(300));
         assert_eq!(config.engine.version_retention, Duration::ZERO);
@@ -409,6 +417,7 @@ mod tests {
             listen = "0.0.0.0:0"
             max_connections = 2
             synchronous_commit = "remote_apply"
+            transparent_huge_pages = true
             [engine]
             fsync = false
             checkpoint_wal_bytes = 1048576
@@ -425,6 +434,7 @@ mod tests {
         assert_eq!(config.listen, "0.0.0.0:0");
         assert_eq!(config.max_connections, 2);
         assert_eq!(config.synchronous_commit, SynchronousCommit::RemoteApply);
+        assert!(config.transparent_huge_pages);
         let engine = config.engine_config();
         assert!(!engine.fsync);
         assert_eq!(engine.checkpoint_wal_bytes, 1 << 20);

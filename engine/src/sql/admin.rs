@@ -472,7 +472,7 @@ pub(crate) fn execute(
             };
             let rows = vec![
                 ("role", text(s.role)),
-                ("system_id", text(s.system_id.to_string())),
+                ("system_id", text(format!("{:016X}", s.system_id))),
                 ("timeline", text(s.timeline.to_string())),
                 ("current_lsn", text(s.visible_lsn.to_string())),
                 ("insert_lsn", text(s.insert_lsn.to_string())),

@@ -644,6 +644,8 @@ fn administration_commands() {
     assert_eq!(get("tables"), text("1"));
     assert_eq!(get("rows"), text("3"));
     assert_eq!(get("digest").to_string().len(), 16);
+    // As in the ready line, the shell's banner and the log: 16 hex digits.
+    assert_eq!(get("system_id"), text(&format!("{:016X}", db.system_id())));
     assert_eq!(get("current_lsn"), text(&db.status().visible_lsn.to_string()));
     let names: Vec<String> = status.iter().map(|r| r[0].to_string()).collect();
     assert_eq!(

@@ -3,9 +3,12 @@
 //! It starts a primary as a separate process on a temporary directory, opens a small bank
 //! through the shell's code path, then runs a transfer load from several clients and SIGKILLs
 //! the primary mid-load; it restarts it on the same directory and checks that every
-//! acknowledged transfer survived and money is conserved, then stops it cleanly. Later
-//! milestones add the backup, the point-in-time replica, the pause and the promotion.
+//! acknowledged transfer survived and money is conserved. Then a replica bootstraps from the
+//! primary and follows it under load, answers queries while it replays, is SIGKILLed and
+//! restarted mid-load, and ends with the primary's exact state (digest). Both stop cleanly.
+//! Later milestones add the archive, the paused point-in-time recovery and the promotion.
 
+use std::ffi::OsStr;
 use std::io::{BufRead, BufReader};
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
@@ -22,11 +25,12 @@ use hindsight_primary::ready::ReadyLine;
 use crate::render::Format;
 use crate::shell::{Outcome, Shell};
 
-/// How long the demo waits for the primary to say it is listening.
-const PRIMARY_READY_TIMEOUT: Duration = Duration::from_secs(30);
+/// How long the demo waits for a server to say it is listening (a replica says so once its
+/// bootstrap is done).
+const READY_TIMEOUT: Duration = Duration::from_secs(60);
 
-/// How long the demo waits for the primary to exit after SIGTERM.
-const PRIMARY_STOP_TIMEOUT: Duration = Duration::from_secs(30);
+/// How long the demo waits for a server to exit after SIGTERM.
+const STOP_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// Accounts in the demo's bank.
 const ACCOUNTS: i64 = 100;
@@ -38,6 +42,14 @@ const LOAD_CLIENTS: i64 = 4;
 const TRANSFERS_BEFORE_CRASH: u64 = 2_000;
 /// How long the transfer load may take to reach that many.
 const LOAD_TIMEOUT: Duration = Duration::from_secs(120);
+/// Transfers made while the replica follows, before it is killed and after it is back.
+const TRANSFERS_PER_REPLICA_STEP: u64 = 1_000;
+/// How long the replica may take to replay up to the primary once the load stops.
+const CATCH_UP_TIMEOUT: Duration = Duration::from_secs(60);
+/// How often the demo looks while it waits for the load or the replica.
+const POLL_INTERVAL: Duration = Duration::from_millis(5);
+/// The replica's name on the primary.
+const REPLICA_NAME: &str = "demo-replica";
 
 /// Act one: what to say, then the SQL to run through the shell.
 const TABLES: &[(&str, &str)] = &[
@@ -85,7 +97,7 @@ pub fn run() -> anyhow::Result<()> {
     let log_path = temp.path().join("primary.log");
     println!("== hindsight demo: a bank on one machine, a crash, and a recovery that proves itself ==\n");
     println!("Starting a primary on {} (its log: {})", data.display(), log_path.display());
-    let mut primary = Primary::start(&data, &log_path)?;
+    let mut primary = ServerProcess::primary(&data, &log_path)?;
     let addr = primary.wait_ready()?;
     println!("The primary is listening on {addr}.");
 
@@ -117,14 +129,8 @@ pub fn run() -> anyhow::Result<()> {
         "{LOAD_CLIENTS} clients now make transfers as fast as they can, each a transaction of two UPDATEs and an \
          INSERT. After {TRANSFERS_BEFORE_CRASH} acknowledged transfers the primary gets SIGKILL: no shutdown, no flush."
     );
-    let load = Load::start(addr.clone(), options.clone());
-    let deadline = Instant::now() + LOAD_TIMEOUT;
-    while load.acknowledged() < TRANSFERS_BEFORE_CRASH {
-        if Instant::now() > deadline {
-            bail!("the transfer load did not reach {TRANSFERS_BEFORE_CRASH} commits in time");
-        }
-        std::thread::sleep(Duration::from_millis(5));
-    }
+    let load = Load::start(addr.clone(), options.clone(), 0);
+    load.wait_for(TRANSFERS_BEFORE_CRASH)?;
     primary.kill()?;
     let acked = load.finish();
     let total: u64 = acked.iter().sum();
@@ -133,7 +139,7 @@ pub fn run() -> anyhow::Result<()> {
     println!("\n== The recovery ==\n");
     println!("Starting the primary again on the same directory: newest snapshot + WAL replay, digest checked per commit.");
     let log_path2 = temp.path().join("primary-restart.log");
-    let mut primary = Primary::start(&data, &log_path2)?;
+    let mut primary = ServerProcess::primary(&data, &log_path2)?;
     let addr = primary.wait_ready()?;
     let log = std::fs::read_to_string(&log_path2).unwrap_or_default();
     if let Some(line) = log.lines().find(|l| l.contains("database open")) {
@@ -165,12 +171,138 @@ pub fn run() -> anyhow::Result<()> {
     }
     shell.close();
 
+    replica_act(temp.path(), &data, &addr, &options)?;
+
     println!("\nStopping the primary with SIGTERM: it finishes what runs and exits cleanly.");
     primary.stop()?;
     println!(
-        "Done. Next milestones extend this story: a replica, a paused point-in-time recovery, a promotion."
+        "Done. Next milestones extend this story: the archive, a paused point-in-time recovery, a promotion."
     );
     Ok(())
+}
+
+/// Act four: a replica bootstraps, follows under load, survives a SIGKILL, and converges.
+fn replica_act(dir: &Path, primary_data: &Path, addr: &str, options: &ConnectOptions) -> anyhow::Result<()> {
+    println!("\n== A replica ==\n");
+    let replica_data = dir.join("replica");
+    let log_path = dir.join("replica.log");
+    println!(
+        "Starting a replica on {} (its log: {}). Its directory is empty, so it bootstraps from a base \
+         backup the primary streams (a snapshot at an Lsn, then the WAL from there; writers are never \
+         blocked), then follows the primary live.",
+        replica_data.display(),
+        log_path.display()
+    );
+    let password_file = primary_data.join("admin.secret");
+    let mut replica = ServerProcess::replica(&replica_data, addr, &password_file, &log_path)?;
+    let replica_addr = replica.wait_ready()?;
+    println!("The replica serves read-only queries on {replica_addr}.");
+
+    println!(
+        "\n-- {LOAD_CLIENTS} clients make transfers on the primary again. On the replica, a query sums all \
+         balances while the transfers replay: it reads one consistent snapshot, so the sum never moves, and \
+         replay never waits for it nor cancels it."
+    );
+    let load = Load::start(addr.to_string(), options.clone(), 1);
+    let mut on_replica = connect_shell(&replica_addr, options)?;
+    load.wait_for(TRANSFERS_PER_REPLICA_STEP / 2)?;
+    run_steps(&mut on_replica, &[("", "SELECT count(*) AS accounts, sum(balance) AS total FROM accounts;")])?;
+    let mut shell = connect_shell(addr, options)?;
+    run_steps(
+        &mut shell,
+        &[(
+            "Meanwhile the primary sees the replica streaming, with lags measured from its acknowledgements.",
+            "SHOW REPLICATION;",
+        )],
+    )?;
+    load.wait_for(TRANSFERS_PER_REPLICA_STEP)?;
+    on_replica.close();
+
+    println!("\n-- The replica gets SIGKILL mid-load, and starts again on the same directory: it resumes streaming from where its WAL ends.");
+    replica.kill()?;
+    let restart_log = dir.join("replica-restart.log");
+    let mut replica = ServerProcess::replica(&replica_data, addr, &password_file, &restart_log)?;
+    let replica_addr = replica.wait_ready()?;
+    load.wait_for(TRANSFERS_PER_REPLICA_STEP * 2)?;
+    let acked: u64 = load.finish().iter().sum();
+    println!("The load stopped after {acked} more transfers.");
+
+    let (at, digest) = wait_caught_up(addr, &replica_addr, options)?;
+    println!("The replica replayed up to the primary's Lsn {at}; both have digest {digest}: the same state, row for row.");
+    let mut on_replica = connect_shell(&replica_addr, options)?;
+    run_steps(
+        &mut on_replica,
+        &[
+            (
+                "On the replica: the same money, the same transfers.",
+                "SELECT count(*) AS accounts, sum(balance) AS total FROM accounts;",
+            ),
+            ("", "SELECT count(*) AS transfers FROM transfers;"),
+            ("How far it got, and from where.", "SHOW RECOVERY;"),
+        ],
+    )?;
+    println!("\n-- A write on the replica is refused, with the way out.");
+    let write = "INSERT INTO accounts VALUES (999, 'nobody', 1);";
+    println!("{}{write}", on_replica.prompt());
+    if on_replica.run_sql(write) != Outcome::Failed {
+        bail!("the replica accepted a write");
+    }
+    on_replica.close();
+    shell.close();
+    println!("\nStopping the replica with SIGTERM.");
+    replica.stop()
+}
+
+/// The `current_lsn` and `digest` rows of `SHOW STATUS` on `client`'s server.
+fn status(runtime: &tokio::runtime::Runtime, client: &mut Client) -> anyhow::Result<(String, String)> {
+    let results = runtime.block_on(client.query("SHOW STATUS")).context("SHOW STATUS")?;
+    let field = |name: &str| {
+        results
+            .iter()
+            .flat_map(|r| r.rows.iter())
+            .find(|row| row.first().and_then(|v| v.as_str()) == Some(name))
+            .and_then(|row| row.get(1).and_then(|v| v.as_str()).map(str::to_string))
+            .with_context(|| format!("SHOW STATUS has no {name}"))
+    };
+    Ok((field("current_lsn")?, field("digest")?))
+}
+
+/// Waits until the replica at `replica` has replayed to the idle primary's Lsn with its
+/// digest; returns both.
+fn wait_caught_up(
+    primary: &str,
+    replica: &str,
+    options: &ConnectOptions,
+) -> anyhow::Result<(String, String)> {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("start the async runtime")?;
+    let mut on_primary =
+        runtime.block_on(Client::connect(primary, options.clone())).context("connect to the primary")?;
+    let mut on_replica =
+        runtime.block_on(Client::connect(replica, options.clone())).context("connect to the replica")?;
+    let target = status(&runtime, &mut on_primary)?;
+    let deadline = Instant::now() + CATCH_UP_TIMEOUT;
+    loop {
+        let at = status(&runtime, &mut on_replica)?;
+        if at == target {
+            runtime.block_on(on_primary.close());
+            runtime.block_on(on_replica.close());
+            return Ok(target);
+        }
+        if Instant::now() > deadline {
+            bail!(
+                "the replica did not catch up within {} s: it is at {} (digest {}), the primary at {} (digest {})",
+                CATCH_UP_TIMEOUT.as_secs(),
+                at.0,
+                at.1,
+                target.0,
+                target.1
+            );
+        }
+        std::thread::sleep(POLL_INTERVAL);
+    }
 }
 
 fn connect_shell(addr: &str, options: &ConnectOptions) -> anyhow::Result<Shell> {
@@ -202,13 +334,18 @@ struct Load {
 }
 
 impl Load {
-    /// Client `c` numbers its transfers `c * 10^9 + 1, + 2, …`.
+    /// Client `c` of load `round` numbers its transfers `c * 10^9 + round * 10^8 + 1, + 2, …`.
+    fn id_base(client: i64, round: i64) -> i64 {
+        client * 1_000_000_000 + round * 100_000_000
+    }
+
+    /// The transfer ids client `client` of the first load used for `acked` transfers.
     fn id_range(client: i64, acked: u64) -> (i64, i64) {
-        let base = client * 1_000_000_000;
+        let base = Load::id_base(client, 0);
         (base + 1, base + acked as i64)
     }
 
-    fn start(addr: String, options: ConnectOptions) -> Load {
+    fn start(addr: String, options: ConnectOptions, round: i64) -> Load {
         let stop = Arc::new(AtomicBool::new(false));
         let mut acked = Vec::new();
         let mut threads = Vec::new();
@@ -234,7 +371,7 @@ impl Load {
                         if src == dst {
                             continue;
                         }
-                        let id = client * 1_000_000_000 + next;
+                        let id = Load::id_base(client, round) + next;
                         let sql = format!(
                             "BEGIN; UPDATE accounts SET balance = balance - {amount} WHERE id = {src}; \
                              UPDATE accounts SET balance = balance + {amount} WHERE id = {dst}; \
@@ -262,6 +399,18 @@ impl Load {
         self.acked.iter().map(|a| a.load(Ordering::Relaxed)).sum()
     }
 
+    /// Waits until the clients have `n` acknowledged transfers in all.
+    fn wait_for(&self, n: u64) -> anyhow::Result<()> {
+        let deadline = Instant::now() + LOAD_TIMEOUT;
+        while self.acknowledged() < n {
+            if Instant::now() > deadline {
+                bail!("the transfer load did not reach {n} commits within {} s", LOAD_TIMEOUT.as_secs());
+            }
+            std::thread::sleep(POLL_INTERVAL);
+        }
+        Ok(())
+    }
+
     /// Stops the clients (they also stop when the server dies) and returns what each had
     /// acknowledged.
     fn finish(self) -> Vec<u64> {
@@ -273,27 +422,61 @@ impl Load {
     }
 }
 
-/// The primary process; killed if the demo fails half-way.
-struct Primary {
+/// A server process (the primary or the replica); killed if the demo fails half-way.
+struct ServerProcess {
     child: Child,
     lines: mpsc::Receiver<String>,
+    what: &'static str,
 }
 
-impl Primary {
-    fn start(data: &Path, log_path: &Path) -> anyhow::Result<Primary> {
+impl ServerProcess {
+    /// `hindsight primary --data DATA --listen 127.0.0.1:0`, its log to `log_path`.
+    fn primary(data: &Path, log_path: &Path) -> anyhow::Result<ServerProcess> {
+        let args = [
+            OsStr::new("primary"),
+            OsStr::new("--data"),
+            data.as_os_str(),
+            OsStr::new("--listen"),
+            OsStr::new("127.0.0.1:0"),
+        ];
+        ServerProcess::spawn("primary", &args, log_path)
+    }
+
+    /// `hindsight replica --data DATA --primary ADDR --password-file F --name demo-replica
+    /// --listen 127.0.0.1:0`, its log to `log_path`.
+    fn replica(
+        data: &Path,
+        primary: &str,
+        password_file: &Path,
+        log_path: &Path,
+    ) -> anyhow::Result<ServerProcess> {
+        let args = [
+            OsStr::new("replica"),
+            OsStr::new("--data"),
+            data.as_os_str(),
+            OsStr::new("--primary"),
+            OsStr::new(primary),
+            OsStr::new("--password-file"),
+            password_file.as_os_str(),
+            OsStr::new("--name"),
+            OsStr::new(REPLICA_NAME),
+            OsStr::new("--listen"),
+            OsStr::new("127.0.0.1:0"),
+        ];
+        ServerProcess::spawn("replica", &args, log_path)
+    }
+
+    fn spawn(what: &'static str, args: &[&OsStr], log_path: &Path) -> anyhow::Result<ServerProcess> {
         let exe = std::env::current_exe().context("find the hindsight executable")?;
-        let log = std::fs::File::create(log_path).context("create the primary's log file")?;
+        let log = std::fs::File::create(log_path).with_context(|| format!("create the {what}'s log file"))?;
         let mut child = Command::new(exe)
-            .arg("primary")
-            .arg("--data")
-            .arg(data)
-            .args(["--listen", "127.0.0.1:0"])
+            .args(args)
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(log)
             .spawn()
-            .context("start the primary process")?;
-        let stdout = child.stdout.take().context("read the primary's output")?;
+            .with_context(|| format!("start the {what} process"))?;
+        let stdout = child.stdout.take().with_context(|| format!("read the {what}'s output"))?;
         let (tx, lines) = mpsc::sync_channel(16);
         std::thread::spawn(move || {
             for line in BufReader::new(stdout).lines().map_while(Result::ok) {
@@ -302,50 +485,55 @@ impl Primary {
                 }
             }
         });
-        Ok(Primary { child, lines })
+        Ok(ServerProcess { child, lines, what })
     }
 
     /// Waits for the ready line and returns the address in it.
     fn wait_ready(&mut self) -> anyhow::Result<String> {
+        let what = self.what;
         let line = self
             .lines
-            .recv_timeout(PRIMARY_READY_TIMEOUT)
-            .context("wait for the primary to start (see its log)")?;
+            .recv_timeout(READY_TIMEOUT)
+            .with_context(|| format!("wait for the {what} to start (see its log)"))?;
         let ready =
-            ReadyLine::parse(&line).with_context(|| format!("read the primary's ready line {line:?}"))?;
+            ReadyLine::parse(&line).with_context(|| format!("read the {what}'s ready line {line:?}"))?;
         Ok(ready.addr)
     }
 
     /// SIGKILL: the process gets no chance to flush or clean up.
     fn kill(&mut self) -> anyhow::Result<()> {
-        self.child.kill().context("send SIGKILL to the primary")?;
-        self.child.wait().context("wait for the killed primary")?;
+        let what = self.what;
+        self.child.kill().with_context(|| format!("send SIGKILL to the {what}"))?;
+        self.child.wait().with_context(|| format!("wait for the killed {what}"))?;
         Ok(())
     }
 
+    /// SIGTERM, then waits for a clean exit.
     fn stop(&mut self) -> anyhow::Result<()> {
-        let pid = libc::pid_t::try_from(self.child.id()).context("signal the primary")?;
+        let what = self.what;
+        let pid = libc::pid_t::try_from(self.child.id()).with_context(|| format!("signal the {what}"))?;
         // SAFETY: kill(2) on the pid of a child we started and have not yet reaped.
         if unsafe { libc::kill(pid, libc::SIGTERM) } != 0 {
-            return Err(std::io::Error::last_os_error()).context("send SIGTERM to the primary");
+            return Err(std::io::Error::last_os_error())
+                .with_context(|| format!("send SIGTERM to the {what}"));
         }
-        let deadline = Instant::now() + PRIMARY_STOP_TIMEOUT;
+        let deadline = Instant::now() + STOP_TIMEOUT;
         loop {
-            if let Some(status) = self.child.try_wait().context("wait for the primary")? {
+            if let Some(status) = self.child.try_wait().with_context(|| format!("wait for the {what}"))? {
                 if !status.success() {
-                    bail!("the primary exited with {status}");
+                    bail!("the {what} exited with {status}");
                 }
                 return Ok(());
             }
             if Instant::now() >= deadline {
-                bail!("the primary did not stop within {} s", PRIMARY_STOP_TIMEOUT.as_secs());
+                bail!("the {what} did not stop within {} s", STOP_TIMEOUT.as_secs());
             }
             std::thread::sleep(Duration::from_millis(20));
         }
     }
 }
 
-impl Drop for Primary {
+impl Drop for ServerProcess {
     fn drop(&mut self) {
         if matches!(self.child.try_wait(), Ok(None)) {
             let _ = self.child.kill();

@@ -15,12 +15,13 @@ use std::process::{Child, Command, Stdio};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
 
 use anyhow::{bail, Context};
 use hindsight_primary::client::{Client, ConnectOptions};
 use hindsight_primary::ready::ReadyLine;
+use hindsight_protocol::Lsn;
 
 use crate::render::Format;
 use crate::shell::{Outcome, Shell};
@@ -42,7 +43,7 @@ const LOAD_CLIENTS: i64 = 4;
 const TRANSFERS_BEFORE_CRASH: u64 = 2_000;
 /// How long the transfer load may take to reach that many.
 const LOAD_TIMEOUT: Duration = Duration::from_secs(120);
-/// Transfers made while the replica follows, before it is killed and after it is back.
+/// Transfers made while the replica follows, before it is killed and again after it is back.
 const TRANSFERS_PER_REPLICA_STEP: u64 = 1_000;
 /// How long the replica may take to replay up to the primary once the load stops.
 const CATCH_UP_TIMEOUT: Duration = Duration::from_secs(60);
@@ -50,6 +51,10 @@ const CATCH_UP_TIMEOUT: Duration = Duration::from_secs(60);
 const POLL_INTERVAL: Duration = Duration::from_millis(5);
 /// The replica's name on the primary.
 const REPLICA_NAME: &str = "demo-replica";
+/// How many more times the demo sums the balances on the replica while transfers replay.
+const HOT_STANDBY_SUMS: usize = 20;
+/// What a replica logs when it bootstraps, which a restarted one must not.
+const BOOTSTRAP_LOG_LINE: &str = "receiving a base backup";
 
 /// Act one: what to say, then the SQL to run through the shell.
 const TABLES: &[(&str, &str)] = &[
@@ -207,6 +212,12 @@ fn replica_act(dir: &Path, primary_data: &Path, addr: &str, options: &ConnectOpt
     let mut on_replica = connect_shell(&replica_addr, options)?;
     load.wait_for(TRANSFERS_PER_REPLICA_STEP / 2)?;
     run_steps(&mut on_replica, &[("", "SELECT count(*) AS accounts, sum(balance) AS total FROM accounts;")])?;
+    for _ in 0..HOT_STANDBY_SUMS {
+        let sum = on_replica.query_i64("SELECT sum(balance) FROM accounts;").context("sum on the replica")?;
+        if sum != ACCOUNTS * OPENING_BALANCE {
+            bail!("a query on the replica summed {sum} mid-replay instead of {}", ACCOUNTS * OPENING_BALANCE);
+        }
+    }
     let mut shell = connect_shell(addr, options)?;
     run_steps(
         &mut shell,
@@ -215,6 +226,14 @@ fn replica_act(dir: &Path, primary_data: &Path, addr: &str, options: &ConnectOpt
             "SHOW REPLICATION;",
         )],
     )?;
+    let replicas = shell.query("SHOW REPLICATION;").context("SHOW REPLICATION")?;
+    let streaming = replicas.iter().flat_map(|r| r.rows.iter()).any(|row| {
+        row.first().and_then(|v| v.as_str()) == Some(REPLICA_NAME)
+            && row.get(2).and_then(|v| v.as_str()) == Some("streaming")
+    });
+    if !streaming {
+        bail!("the primary does not show {REPLICA_NAME} streaming");
+    }
     load.wait_for(TRANSFERS_PER_REPLICA_STEP)?;
     on_replica.close();
 
@@ -223,7 +242,11 @@ fn replica_act(dir: &Path, primary_data: &Path, addr: &str, options: &ConnectOpt
     let restart_log = dir.join("replica-restart.log");
     let mut replica = ServerProcess::replica(&replica_data, addr, &password_file, &restart_log)?;
     let replica_addr = replica.wait_ready()?;
-    load.wait_for(TRANSFERS_PER_REPLICA_STEP * 2)?;
+    if std::fs::read_to_string(&restart_log).unwrap_or_default().contains(BOOTSTRAP_LOG_LINE) {
+        bail!("the restarted replica bootstrapped again instead of resuming (see {})", restart_log.display());
+    }
+    let back = load.acknowledged();
+    load.wait_for(back + TRANSFERS_PER_REPLICA_STEP)?;
     let acked: u64 = load.finish().iter().sum();
     println!("The load stopped after {acked} more transfers.");
 
@@ -247,6 +270,10 @@ fn replica_act(dir: &Path, primary_data: &Path, addr: &str, options: &ConnectOpt
     if on_replica.run_sql(write) != Outcome::Failed {
         bail!("the replica accepted a write");
     }
+    match on_replica.query(write) {
+        Err(e) if e.code() == Some("read_only") => {}
+        other => bail!("a write on the replica answered {other:?}, not read_only"),
+    }
     on_replica.close();
     shell.close();
     println!("\nStopping the replica with SIGTERM.");
@@ -254,7 +281,7 @@ fn replica_act(dir: &Path, primary_data: &Path, addr: &str, options: &ConnectOpt
 }
 
 /// The `current_lsn` and `digest` rows of `SHOW STATUS` on `client`'s server.
-fn status(runtime: &tokio::runtime::Runtime, client: &mut Client) -> anyhow::Result<(String, String)> {
+fn status(runtime: &tokio::runtime::Runtime, client: &mut Client) -> anyhow::Result<(Lsn, String)> {
     let results = runtime.block_on(client.query("SHOW STATUS")).context("SHOW STATUS")?;
     let field = |name: &str| {
         results
@@ -264,16 +291,14 @@ fn status(runtime: &tokio::runtime::Runtime, client: &mut Client) -> anyhow::Res
             .and_then(|row| row.get(1).and_then(|v| v.as_str()).map(str::to_string))
             .with_context(|| format!("SHOW STATUS has no {name}"))
     };
-    Ok((field("current_lsn")?, field("digest")?))
+    let lsn = field("current_lsn")?;
+    let lsn = lsn.parse().map_err(|e| anyhow::anyhow!("SHOW STATUS current_lsn {lsn:?}: {e}"))?;
+    Ok((lsn, field("digest")?))
 }
 
-/// Waits until the replica at `replica` has replayed to the idle primary's Lsn with its
-/// digest; returns both.
-fn wait_caught_up(
-    primary: &str,
-    replica: &str,
-    options: &ConnectOptions,
-) -> anyhow::Result<(String, String)> {
+/// Waits until the replica at `replica` has replayed at least to the idle primary's Lsn with
+/// the same digest; returns both.
+fn wait_caught_up(primary: &str, replica: &str, options: &ConnectOptions) -> anyhow::Result<(Lsn, String)> {
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -282,11 +307,12 @@ fn wait_caught_up(
         runtime.block_on(Client::connect(primary, options.clone())).context("connect to the primary")?;
     let mut on_replica =
         runtime.block_on(Client::connect(replica, options.clone())).context("connect to the replica")?;
-    let target = status(&runtime, &mut on_primary)?;
     let deadline = Instant::now() + CATCH_UP_TIMEOUT;
     loop {
+        // Read again each time: the primary may log a checkpoint meanwhile.
+        let target = status(&runtime, &mut on_primary)?;
         let at = status(&runtime, &mut on_replica)?;
-        if at == target {
+        if at.0 >= target.0 && at.1 == target.1 {
             runtime.block_on(on_primary.close());
             runtime.block_on(on_replica.close());
             return Ok(target);
@@ -310,7 +336,8 @@ fn connect_shell(addr: &str, options: &ConnectOptions) -> anyhow::Result<Shell> 
         .enable_all()
         .build()
         .context("start the async runtime")?;
-    Shell::connect(runtime, addr, options.clone(), Format::Table).context("connect to the primary")
+    Shell::connect(runtime, addr, options.clone(), Format::Table)
+        .with_context(|| format!("connect to {addr}"))
 }
 
 fn run_steps(shell: &mut Shell, steps: &[(&str, &str)]) -> anyhow::Result<()> {
@@ -330,12 +357,17 @@ fn run_steps(shell: &mut Shell, steps: &[(&str, &str)]) -> anyhow::Result<()> {
 struct Load {
     acked: Vec<Arc<AtomicU64>>,
     stop: Arc<AtomicBool>,
+    /// Clients still making transfers.
+    running: Arc<AtomicUsize>,
+    /// Why the first client that stopped on its own stopped.
+    failure: Arc<Mutex<Option<String>>>,
     threads: Vec<std::thread::JoinHandle<()>>,
 }
 
 impl Load {
     /// Client `c` of load `round` numbers its transfers `c * 10^9 + round * 10^8 + 1, + 2, …`.
     fn id_base(client: i64, round: i64) -> i64 {
+        assert!((0..10).contains(&round), "load round {round} would reuse another client's ids");
         client * 1_000_000_000 + round * 100_000_000
     }
 
@@ -347,52 +379,71 @@ impl Load {
 
     fn start(addr: String, options: ConnectOptions, round: i64) -> Load {
         let stop = Arc::new(AtomicBool::new(false));
+        let running = Arc::new(AtomicUsize::new(LOAD_CLIENTS as usize));
+        let failure = Arc::new(Mutex::new(None));
         let mut acked = Vec::new();
         let mut threads = Vec::new();
         for client in 0..LOAD_CLIENTS {
             let count = Arc::new(AtomicU64::new(0));
             acked.push(Arc::clone(&count));
             let (addr, options, stop) = (addr.clone(), options.clone(), Arc::clone(&stop));
+            let (running, failure) = (Arc::clone(&running), Arc::clone(&failure));
             threads.push(std::thread::spawn(move || {
-                let Ok(runtime) = tokio::runtime::Builder::new_current_thread().enable_all().build() else {
-                    return;
-                };
-                runtime.block_on(async move {
-                    let Ok(mut c) = Client::connect(addr.as_str(), options).await else { return };
-                    let mut rng = client as u64 * 2_654_435_761 + 1;
-                    let mut next = 1i64;
-                    while !stop.load(Ordering::Relaxed) {
-                        rng = rng
-                            .wrapping_mul(6_364_136_223_846_793_005)
-                            .wrapping_add(1_442_695_040_888_963_407);
-                        let src = (rng >> 33) as i64 % ACCOUNTS + 1;
-                        let dst = (rng >> 13) as i64 % ACCOUNTS + 1;
-                        let amount = (rng >> 50) as i64 % 20 + 1;
-                        if src == dst {
-                            continue;
-                        }
-                        let id = Load::id_base(client, round) + next;
-                        let sql = format!(
-                            "BEGIN; UPDATE accounts SET balance = balance - {amount} WHERE id = {src}; \
-                             UPDATE accounts SET balance = balance + {amount} WHERE id = {dst}; \
-                             INSERT INTO transfers VALUES ({id}, {src}, {dst}, {amount}); COMMIT;"
-                        );
-                        match c.query(&sql).await {
-                            Ok(_) => {
-                                next += 1;
-                                count.fetch_add(1, Ordering::Relaxed);
-                            }
-                            // A concurrent transfer touched the same account: retry with new accounts.
-                            Err(e) if e.code() == Some("serialization_failure") => {
-                                let _ = c.query("ROLLBACK;").await;
-                            }
-                            Err(_) => return, // the server is gone
-                        }
-                    }
-                });
+                let stopped = Load::client(&addr, options, client, round, &count, &stop);
+                if let Err(why) = stopped {
+                    failure.lock().unwrap_or_else(|e| e.into_inner()).get_or_insert(why);
+                }
+                running.fetch_sub(1, Ordering::AcqRel);
             }));
         }
-        Load { acked, stop, threads }
+        Load { acked, stop, running, failure, threads }
+    }
+
+    /// One client's transfers until `stop`; an error says why it stopped on its own.
+    fn client(
+        addr: &str,
+        options: ConnectOptions,
+        client: i64,
+        round: i64,
+        count: &AtomicU64,
+        stop: &AtomicBool,
+    ) -> Result<(), String> {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .map_err(|e| format!("start a client's runtime: {e}"))?;
+        runtime.block_on(async move {
+            let mut c = Client::connect(addr, options).await.map_err(|e| format!("connect: {e}"))?;
+            let mut rng = client as u64 * 2_654_435_761 + 1;
+            let mut next = 1i64;
+            while !stop.load(Ordering::Relaxed) {
+                rng = rng.wrapping_mul(6_364_136_223_846_793_005).wrapping_add(1_442_695_040_888_963_407);
+                let src = (rng >> 33) as i64 % ACCOUNTS + 1;
+                let dst = (rng >> 13) as i64 % ACCOUNTS + 1;
+                let amount = (rng >> 50) as i64 % 20 + 1;
+                if src == dst {
+                    continue;
+                }
+                let id = Load::id_base(client, round) + next;
+                let sql = format!(
+                    "BEGIN; UPDATE accounts SET balance = balance - {amount} WHERE id = {src}; \
+                     UPDATE accounts SET balance = balance + {amount} WHERE id = {dst}; \
+                     INSERT INTO transfers VALUES ({id}, {src}, {dst}, {amount}); COMMIT;"
+                );
+                match c.query(&sql).await {
+                    Ok(_) => {
+                        next += 1;
+                        count.fetch_add(1, Ordering::Relaxed);
+                    }
+                    // A concurrent transfer touched the same account: retry with new accounts.
+                    Err(e) if e.code() == Some("serialization_failure") => {
+                        let _ = c.query("ROLLBACK;").await;
+                    }
+                    Err(e) => return Err(format!("a transfer failed: {e}")),
+                }
+            }
+            Ok(())
+        })
     }
 
     fn acknowledged(&self) -> u64 {
@@ -403,6 +454,14 @@ impl Load {
     fn wait_for(&self, n: u64) -> anyhow::Result<()> {
         let deadline = Instant::now() + LOAD_TIMEOUT;
         while self.acknowledged() < n {
+            if self.running.load(Ordering::Acquire) == 0 {
+                let why = self.failure.lock().unwrap_or_else(|e| e.into_inner()).clone();
+                bail!(
+                    "the transfer clients stopped after {} of {n} commits: {}",
+                    self.acknowledged(),
+                    why.unwrap_or_else(|| "no reason given".into())
+                );
+            }
             if Instant::now() > deadline {
                 bail!("the transfer load did not reach {n} commits within {} s", LOAD_TIMEOUT.as_secs());
             }
@@ -413,12 +472,19 @@ impl Load {
 
     /// Stops the clients (they also stop when the server dies) and returns what each had
     /// acknowledged.
-    fn finish(self) -> Vec<u64> {
+    fn finish(mut self) -> Vec<u64> {
         self.stop.store(true, Ordering::Relaxed);
-        for t in self.threads {
+        for t in std::mem::take(&mut self.threads) {
             let _ = t.join();
         }
         self.acked.iter().map(|a| a.load(Ordering::Relaxed)).collect()
+    }
+}
+
+impl Drop for Load {
+    /// A demo that fails half-way stops its clients too.
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
     }
 }
 

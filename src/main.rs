@@ -143,7 +143,8 @@ struct ReplicaArgs {
     /// This replica's name on the primary (for synchronous_standbys and SHOW REPLICATION).
     #[arg(long, value_name = "NAME", default_value = "replica")]
     name: String,
-    /// A configuration file (the same format as the primary's; its engine settings apply).
+    /// A configuration file (the same format as the primary's; its engine settings, `listen`,
+    /// `max_connections` and `transparent_huge_pages` apply).
     #[arg(long, value_name = "FILE")]
     config: Option<PathBuf>,
     /// The backup to start from: an id, or latest.

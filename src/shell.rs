@@ -19,7 +19,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Instant;
 
-use hindsight_primary::client::{Client, ClientError, ConnectOptions, Response};
+use hindsight_primary::client::{Client, ClientError, ConnectOptions, QueryResult, Response};
 use rustyline::config::Configurer;
 use rustyline::error::ReadlineError;
 
@@ -442,11 +442,17 @@ impl Shell {
         }
     }
 
+    /// Runs one query without printing and returns its results (for scripted checks such as
+    /// the demo's).
+    pub fn query(&mut self, sql: &str) -> Result<Vec<QueryResult>, ClientError> {
+        let client = self.client.as_mut().ok_or(ClientError::Closed)?;
+        self.runtime.block_on(client.query(sql))
+    }
+
     /// Runs one query without printing and returns the first column of its first row as an
-    /// integer (for scripted checks such as the demo's).
+    /// integer.
     pub fn query_i64(&mut self, sql: &str) -> anyhow::Result<i64> {
-        let client = self.client.as_mut().ok_or_else(|| anyhow::anyhow!("not connected"))?;
-        let results = self.runtime.block_on(client.query(sql)).map_err(|e| anyhow::anyhow!("{e}"))?;
+        let results = self.query(sql).map_err(|e| anyhow::anyhow!("{e}"))?;
         results
             .iter()
             .rev()

@@ -171,17 +171,11 @@ async fn the_connection_beyond_max_connections_is_refused() -> anyhow::Result<()
     Ok(())
 }
 
-/// The `THP_enabled` field of a process's `/proc/PID/status` (Linux 5.0 and later).
-fn thp_enabled(pid: u32) -> anyhow::Result<Option<String>> {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).context("read /proc/PID/status")?;
-    Ok(status.lines().find_map(|l| l.strip_prefix("THP_enabled:")).map(|v| v.trim().to_string()))
-}
-
 #[test]
 fn transparent_huge_pages_are_off_unless_configured() -> anyhow::Result<()> {
     let temp = tempfile::tempdir()?;
     let default = Primary::start(&temp.path().join("default"))?;
-    let Some(off) = thp_enabled(default.pid())? else {
+    let Some(off) = default.thp_enabled()? else {
         eprintln!("SKIPPED: this kernel's /proc/PID/status has no THP_enabled field to check");
         return Ok(());
     };
@@ -192,11 +186,7 @@ fn transparent_huge_pages_are_off_unless_configured() -> anyhow::Result<()> {
         &temp.path().join("allowed"),
         &["--config", config.to_str().context("utf-8 path")?],
     )?;
-    assert_eq!(
-        thp_enabled(allowed.pid())?.as_deref(),
-        Some("1"),
-        "transparent_huge_pages = true was not applied"
-    );
+    assert_eq!(allowed.thp_enabled()?.as_deref(), Some("1"), "transparent_huge_pages = true was not applied");
     Ok(())
 }
 

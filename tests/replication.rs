@@ -410,6 +410,11 @@ async fn converge_through_kills(seed: u64) -> anyhow::Result<()> {
     let r1_addr = r1.addr.clone();
     // r2 cascades: it follows r1, so it lives through r1's restarts as well as the primary's.
     let mut r2 = Replica::start(&r2_dir, &r1_addr, &password_file, "r2", &[])?;
+    // A replica forbids transparent huge pages as a primary does (tests/primary.rs checks the
+    // setting; a kernel without the field shows nothing to check).
+    if let Some(thp) = r1.thp_enabled()? {
+        ensure!(thp == "0", "a replica with the default settings allows transparent huge pages");
+    }
     ensure!(
         r1.system_id == primary.system_id && r2.system_id == primary.system_id,
         "system ids: primary {:016X}, r1 {:016X}, r2 {:016X}",

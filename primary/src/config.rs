@@ -78,7 +78,7 @@ pub struct ServerConfig {
     /// default: the store's memory is mostly touched once, while a snapshot loads, and a huge
     /// page's first touch zeroes 2 MiB at once, fresh from the host on a VM. Measured, a
     /// replica's bootstrap of a million rows took twice as long with them (docs/decisions.md,
-    /// #24). Redis and MongoDB ship with them off for the same family of reasons.
+    /// #24). Redis and MongoDB also turn them off, for latency spikes and memory bloat.
     pub transparent_huge_pages: bool,
     /// Storage engine settings.
     pub engine: EngineConfig,

@@ -85,6 +85,14 @@ impl ServerProcess {
     pub fn log(&self) -> String {
         read_log(&self.log_path)
     }
+
+    /// The `THP_enabled` field of the process's `/proc/PID/status` ("0" when transparent huge
+    /// pages are forbidden for it); `None` on a kernel without the field (before 5.0).
+    pub fn thp_enabled(&self) -> anyhow::Result<Option<String>> {
+        let path = format!("/proc/{}/status", self.pid());
+        let status = std::fs::read_to_string(&path).with_context(|| format!("read {path}"))?;
+        Ok(status.lines().find_map(|l| l.strip_prefix("THP_enabled:")).map(|v| v.trim().to_string()))
+    }
 }
 
 impl Drop for ServerProcess {

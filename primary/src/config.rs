@@ -74,6 +74,12 @@ pub struct ServerConfig {
     /// in bytes behind the insert position; past it the hold is invalidated (logged, and shown
     /// in SHOW REPLICATION) rather than filling the disk. 0 means no limit.
     pub max_slot_wal_keep_bytes: u64,
+    /// The same limit under PostgreSQL's name and units, for those who bring its settings: an
+    /// integer is megabytes, a string may carry `kB`, `MB`, `GB` or `TB` (powers of 1024), and
+    /// -1 means no limit. Held here in bytes (0 = no limit); it replaces
+    /// `max_slot_wal_keep_bytes`, and giving both is refused.
+    #[serde(deserialize_with = "deserialize_wal_keep_size")]
+    pub max_slot_wal_keep_size: Option<u64>,
     /// Whether the server process may back its memory with transparent huge pages. Off by
     /// default: the store's memory is mostly touched once, while a snapshot loads, and a huge
     /// page's first touch zeroes 2 MiB at once, fresh from the host on a VM. Measured, a
@@ -94,6 +100,7 @@ impl Default for ServerConfig {
             synchronous_commit: SynchronousCommit::default(),
             synchronous_standbys: String::new(),
             max_slot_wal_keep_bytes: MAX_SLOT_WAL_KEEP_BYTES_DEFAULT,
+            max_slot_wal_keep_size: None,
             transparent_huge_pages: false,
             engine: EngineConfig::default(),
             auth: AuthConfig::default(),
@@ -138,7 +145,19 @@ impl ServerConfig {
                 self.max_connections
             )));
         }
+        if self.max_slot_wal_keep_size.is_some()
+            && self.max_slot_wal_keep_bytes != MAX_SLOT_WAL_KEEP_BYTES_DEFAULT
+        {
+            return Err(Error::config(
+                "max_slot_wal_keep_size and max_slot_wal_keep_bytes are the same limit: give one of them",
+            ));
+        }
         self.engine.validate()
+    }
+
+    /// The slot WAL limit in bytes (0 = no limit), from whichever of the two names was given.
+    pub fn slot_wal_keep_bytes(&self) -> u64 {
+        self.max_slot_wal_keep_size.unwrap_or(self.max_slot_wal_keep_bytes)
     }
 
     /// The engine's configuration.
@@ -149,8 +168,7 @@ impl ServerConfig {
             checkpoint_wal_bytes: self.engine.checkpoint_wal_bytes,
             checkpoint_interval: self.engine.checkpoint_interval,
             version_retention: self.engine.version_retention,
-            max_slot_wal_keep_bytes: (self.max_slot_wal_keep_bytes > 0)
-                .then_some(self.max_slot_wal_keep_bytes),
+            max_slot_wal_keep_bytes: Some(self.slot_wal_keep_bytes()).filter(|&bytes| bytes > 0),
         }
     }
 }
@@ -356,9 +374,80 @@ fn deserialize_duration<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Du
     parse_duration(&text).map_err(serde::de::Error::custom)
 }
 
+/// Parses a PostgreSQL-style size: a number with an optional unit (`kB`, `MB`, `GB`, `TB`,
+/// powers of 1024; megabytes without one), or -1 for no limit. Returns bytes, 0 for no limit.
+pub fn parse_wal_keep_size(text: &str) -> std::result::Result<u64, String> {
+    let text = text.trim();
+    if text == "-1" {
+        return Ok(0);
+    }
+    let split = text.find(|c: char| !c.is_ascii_digit()).unwrap_or(text.len());
+    let (number, unit) = (&text[..split], text[split..].trim());
+    let number: u64 = number.parse().map_err(|_| {
+        format!("max_slot_wal_keep_size = {text:?}: expected a size such as \"1GB\" or \"512MB\", or -1")
+    })?;
+    let scale: u64 = match unit {
+        "kB" => 1 << 10,
+        "" | "MB" => 1 << 20,
+        "GB" => 1 << 30,
+        "TB" => 1 << 40,
+        other => {
+            return Err(format!(
+                "max_slot_wal_keep_size = {text:?}: unknown unit {other:?} (use kB, MB, GB or TB)"
+            ))
+        }
+    };
+    match number.checked_mul(scale) {
+        Some(0) => {
+            Err(format!("max_slot_wal_keep_size = {text:?}: 0 keeps no WAL at all; use -1 for no limit"))
+        }
+        Some(bytes) => Ok(bytes),
+        None => Err(format!("max_slot_wal_keep_size = {text:?} is too large")),
+    }
+}
+
+fn deserialize_wal_keep_size<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Option<u64>, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum Size {
+        Megabytes(i64),
+        Text(String),
+    }
+    let text = match Size::deserialize(deserializer)? {
+        Size::Megabytes(n) => n.to_string(),
+        Size::Text(text) => text,
+    };
+    parse_wal_keep_size(&text).map(Some).map_err(serde::de::Error::custom)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn wal_keep_size_takes_postgresql_units() {
+        let bytes =
+            |toml: &str| ServerConfig::from_toml(toml).map(|c| c.engine_config().max_slot_wal_keep_bytes);
+        assert_eq!(bytes("max_slot_wal_keep_size = 1024").unwrap(), Some(1 << 30));
+        assert_eq!(bytes("max_slot_wal_keep_size = \"2GB\"").unwrap(), Some(2 << 30));
+        assert_eq!(bytes("max_slot_wal_keep_size = \"512MB\"").unwrap(), Some(512 << 20));
+        assert_eq!(bytes("max_slot_wal_keep_size = \"64kB\"").unwrap(), Some(64 << 10));
+        assert_eq!(bytes("max_slot_wal_keep_size = -1").unwrap(), None);
+        assert_eq!(bytes("max_slot_wal_keep_size = \"-1\"").unwrap(), None);
+        assert_eq!(bytes("max_slot_wal_keep_bytes = 4096").unwrap(), Some(4096));
+        assert_eq!(bytes("").unwrap(), Some(MAX_SLOT_WAL_KEEP_BYTES_DEFAULT));
+        for (toml, why) in [
+            ("max_slot_wal_keep_size = 0", "use -1 for no limit"),
+            ("max_slot_wal_keep_size = -2", "expected a size"),
+            ("max_slot_wal_keep_size = \"1 GiB\"", "unknown unit"),
+            ("max_slot_wal_keep_size = \"1PB\"", "unknown unit"),
+            ("max_slot_wal_keep_size = \"99999999999TB\"", "too large"),
+            ("max_slot_wal_keep_size = \"1GB\"\nmax_slot_wal_keep_bytes = 4096", "give one of them"),
+        ] {
+            let err = ServerConfig::from_toml(toml).unwrap_err().to_string();
+            assert!(err.contains(why), "{toml}: {err}");
+        }
+    }
 
     #[test]
     fn durations_parse() {
@@ -511,6 +600,10 @@ mod tests {
             "listen",
             "max_connections",
             "synchronous_commit",
+            "synchronous_standbys",
+            "max_slot_wal_keep_bytes",
+            "max_slot_wal_keep_size",
+            "transparent_huge_pages",
             "engine.fsync",
             "engine.checkpoint_wal_bytes",
             "engine.checkpoint_interval",

@@ -8,8 +8,9 @@
 //!   reports through its [`StandbyHandle`]: [`StandbyHandle::set_state`],
 //!   [`StandbyHandle::sent`], and [`StandbyHandle::ack`] for each `StandbyStatus`.
 //! - Out: commits at `remote_write`/`remote_flush`/`remote_apply` wait in
-//!   [`Replication::wait_for`], woken through a `tokio::sync::watch` channel whenever the
-//!   confirmed positions change (never by polling). SQL sessions read and change the state
+//!   [`Replication::wait_for`], queued by Lsn; when the confirmed positions move, only the
+//!   waits they satisfy are woken (never by polling, never all of them on every
+//!   acknowledgement). SQL sessions read and change the state
 //!   through the [`ReplicationHost`] implementation: `SHOW REPLICATION`,
 //!   `CREATE`/`DROP REPLICATION SLOT`. Slots go to `DATA_DIR/replication_slots` ([`slots`]),
 //!   and WAL the standbys still need is kept through engine WAL holds: `slot:<name>` per slot
@@ -18,11 +19,12 @@
 //! Modules: [`syncrep`] (the `synchronous_standbys` rule, pure), [`lag`] (lag samples and
 //! clocks, pure), [`slots`] (the slot file).
 //!
-//! Locks, always taken in this order: `persist` (the slot file writer), `state`, `samples`, then
-//! the engine's WAL holds. None is held across an `.await`. Every lock is held for memory work
-//! only, except that creating or dropping a slot and dropping a slotted [`StandbyHandle`] write
-//! the small slot file (one fsync) — rare events; `ack` writes it at most once per
-//! [`SLOT_PERSIST_INTERVAL`] and skips a turn rather than wait for another writer.
+//! Locks, always taken in this order: `persist` (the slot file writer), `state`, `samples`,
+//! `waits`, then the engine's WAL holds. None is held across an `.await`. Every lock is held
+//! for memory work only, except that creating or dropping a slot and dropping a slotted
+//! [`StandbyHandle`] write the small slot file (one fsync) — rare events; `ack` writes it at
+//! most once per [`SLOT_PERSIST_INTERVAL`] and skips a turn rather than wait for another
+//! writer.
 
 pub mod lag;
 pub mod slots;
@@ -47,7 +49,7 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
-use tokio::sync::watch;
+use tokio::sync::oneshot;
 use tokio_util::sync::CancellationToken;
 
 /// The most standbys (streaming or taking a base backup) registered at once.
@@ -213,8 +215,9 @@ impl State {
 ///   `restart_lsn` only moves forward.
 /// - A slot is used by at most one connection; an active slot is never dropped.
 /// - A standby's positions never move backwards and keep the Lsn ladder.
-/// - `confirmed` holds the positions the synchronous standbys confirmed under `rule` for the
-///   current standbys (all zero when the rule cannot be met), recomputed on every change.
+/// - `waits.confirmed` holds the positions the synchronous standbys confirmed under `rule`
+///   for the current standbys (all zero when the rule cannot be met), recomputed on every
+///   change; no queued wait is satisfied by it (see [`Waits`]).
 pub struct Replication {
     db: Arc<Database>,
     slots_path: PathBuf,
@@ -224,7 +227,40 @@ pub struct Replication {
     persist: Mutex<()>,
     state: Mutex<State>,
     samples: Mutex<LagSamples>,
-    confirmed: watch::Sender<StandbyPositions>,
+    waits: Mutex<Waits>,
+}
+
+/// Commits waiting for synchronous standbys, and what those confirmed.
+///
+/// Invariant: every queued wait's Lsn is above its level's position in `confirmed` (a wait
+/// that `confirmed` satisfies is woken and removed in the same critical section that moved
+/// it, or never queued).
+#[derive(Debug, Default)]
+struct Waits {
+    confirmed: StandbyPositions,
+    /// By (Lsn, wait id): the level waited for and how to wake the session.
+    queue: BTreeMap<(Lsn, u64), (SyncLevel, oneshot::Sender<()>)>,
+    next_id: u64,
+}
+
+impl Waits {
+    /// Sets `confirmed` and wakes the waits it satisfies, in Lsn order. Positions keep the
+    /// ladder written ≥ flushed ≥ replayed, so nothing above `written` can be satisfied.
+    fn confirm(&mut self, confirmed: StandbyPositions) {
+        self.confirmed = confirmed;
+        let satisfied: Vec<(Lsn, u64)> = self
+            .queue
+            .range(..=(confirmed.written, u64::MAX))
+            .filter(|((lsn, _), (level, _))| level.position(&confirmed).is_some_and(|at| at >= *lsn))
+            .map(|(key, _)| *key)
+            .collect();
+        for key in satisfied {
+            if let Some((_, wake)) = self.queue.remove(&key) {
+                // A session that stopped waiting (its client left) dropped the receiver.
+                let _ = wake.send(());
+            }
+        }
+    }
 }
 
 impl fmt::Debug for Replication {
@@ -286,7 +322,7 @@ impl Replication {
             persist: Mutex::new(()),
             state: Mutex::new(state),
             samples: Mutex::new(LagSamples::new()),
-            confirmed: watch::Sender::new(StandbyPositions::default()),
+            waits: Mutex::new(Waits::default()),
         });
         if lock(&replication.state).slots_dirty {
             replication.persist_slots()?;
@@ -390,9 +426,9 @@ impl Replication {
     }
 
     /// Waits until enough synchronous standbys confirmed `lsn` at `level`. Off/Local, and any
-    /// level while synchronous_standbys is empty, return at once. Never polls: wakes on the
-    /// `watch` channel that acknowledgements, connections and disconnections update. Returns
-    /// Err when `cancel` fires (server shutdown).
+    /// level while synchronous_standbys is empty, return at once. Never polls: the wait is
+    /// queued by Lsn and woken only when acknowledgements, connections and disconnections move
+    /// the confirmed positions past it. Returns Err when `cancel` fires (server shutdown).
     pub async fn wait_for(
         &self,
         lsn: Lsn,
@@ -402,23 +438,32 @@ impl Replication {
         if !self.commit_waits(level) {
             return Ok(());
         }
-        let mut rx = self.confirmed.subscribe();
-        loop {
-            let confirmed = *rx.borrow_and_update();
-            if level.position(&confirmed).is_some_and(|at| at >= lsn) {
+        let (id, woken) = {
+            let mut waits = lock(&self.waits);
+            if level.position(&waits.confirmed).is_some_and(|at| at >= lsn) {
                 return Ok(());
             }
-            tokio::select! {
-                () = cancel.cancelled() => return Err(WaitCancelled),
-                changed = rx.changed() => {
-                    // The sender lives in `self`, so this cannot fail while we are borrowed;
-                    // treat it as shutdown anyway rather than spin.
-                    if changed.is_err() {
-                        return Err(WaitCancelled);
-                    }
-                }
+            let (wake, woken) = oneshot::channel();
+            let id = waits.next_id;
+            waits.next_id += 1;
+            waits.queue.insert((lsn, id), (level, wake));
+            (id, woken)
+        };
+        tokio::select! {
+            () = cancel.cancelled() => {
+                lock(&self.waits).queue.remove(&(lsn, id));
+                Err(WaitCancelled)
             }
+            // The sender lives in `self.waits`, which we borrow, so it is only dropped after
+            // sending; treat the impossible as shutdown rather than as confirmed.
+            woken = woken => woken.map_err(|_| WaitCancelled),
         }
+    }
+
+    /// How many commit waits are queued.
+    #[cfg(test)]
+    pub(crate) fn queued_waits(&self) -> usize {
+        lock(&self.waits).queue.len()
     }
 
     /// Whether a commit at `level` waits for standbys at all: not at `off` or `local`, and not
@@ -427,14 +472,13 @@ impl Replication {
         !self.rule.is_none() && level.position(&StandbyPositions::default()).is_some()
     }
 
-    /// Recomputes what the synchronous standbys confirmed and wakes waiters if it changed.
+    /// Recomputes what the synchronous standbys confirmed and wakes the waits that satisfies.
     fn publish_confirmed(&self, st: &State) {
         let confirmed = self.rule.confirmed(&st.candidates()).unwrap_or_default();
-        self.confirmed.send_if_modified(|current| {
-            let changed = *current != confirmed;
-            *current = confirmed;
-            changed
-        });
+        let mut waits = lock(&self.waits);
+        if waits.confirmed != confirmed {
+            waits.confirm(confirmed);
+        }
     }
 
     /// Copies engine invalidations of slot holds into the slots (all, or just `only`); marks

@@ -72,6 +72,40 @@ async fn wait_for_is_woken_by_acks() {
 }
 
 #[tokio::test]
+async fn an_ack_wakes_only_the_waits_it_satisfies() {
+    let (dir, db) = open(Config::default());
+    let r = replication(&dir, &db, "FIRST 1 (a)");
+    let cancel = CancellationToken::new();
+    let a = streaming(&r, "a", 1);
+    let mut apply_100 = Box::pin(r.wait_for(Lsn(100), SyncLevel::RemoteApply, &cancel));
+    let mut apply_200 = Box::pin(r.wait_for(Lsn(200), SyncLevel::RemoteApply, &cancel));
+    let mut write_150 = Box::pin(r.wait_for(Lsn(150), SyncLevel::RemoteWrite, &cancel));
+    let mut flush_150 = Box::pin(r.wait_for(Lsn(150), SyncLevel::RemoteFlush, &cancel));
+    for wait in [&mut apply_100, &mut apply_200, &mut write_150, &mut flush_150] {
+        assert!(still_pending(wait).await, "nothing confirmed yet");
+    }
+    assert_eq!(r.queued_waits(), 4);
+    a.ack(StandbyPositions { received: Lsn(160), written: Lsn(160), flushed: Lsn(140), replayed: Lsn(120) });
+    tokio::time::timeout(DEADLINE, apply_100).await.expect("replayed 120 >= 100").unwrap();
+    tokio::time::timeout(DEADLINE, write_150).await.expect("written 160 >= 150").unwrap();
+    assert!(still_pending(&mut apply_200).await, "replayed 120 < 200");
+    assert!(still_pending(&mut flush_150).await, "flushed 140 < 150");
+    assert_eq!(r.queued_waits(), 2, "the woken waits left the queue");
+
+    // A session that stops waiting (its client left) leaves a wait that the next
+    // confirmation past it removes; a cancelled wait removes itself.
+    drop(apply_200);
+    a.ack(at(300));
+    tokio::time::timeout(DEADLINE, flush_150).await.expect("flushed 300 >= 150").unwrap();
+    assert_eq!(r.queued_waits(), 0);
+    let mut apply_400 = Box::pin(r.wait_for(Lsn(400), SyncLevel::RemoteApply, &cancel));
+    assert!(still_pending(&mut apply_400).await);
+    cancel.cancel();
+    assert_eq!(tokio::time::timeout(DEADLINE, apply_400).await.expect("cancelled"), Err(WaitCancelled));
+    assert_eq!(r.queued_waits(), 0);
+}
+
+#[tokio::test]
 async fn without_synchronous_standbys_nothing_waits() {
     let (dir, db) = open(Config::default());
     let r = replication(&dir, &db, "");

@@ -8,7 +8,7 @@ use std::io::{Read, Write};
 use std::net::TcpStream;
 
 use anyhow::Context;
-use common::{run_bin, stderr, Primary, DEADLINE};
+use common::{run_bin, stderr, write_config, Primary, DEADLINE};
 use hindsight_primary::client::{Client, ClientError, ConnectOptions, Value};
 use hindsight_protocol::wire::server_message::Msg;
 use hindsight_protocol::{decode_frame, encode_frame, ClientMessage, ServerMessage};
@@ -143,12 +143,12 @@ async fn garbage_on_the_wire_gets_protocol_violation_and_the_server_keeps_servin
 #[tokio::test]
 async fn the_connection_beyond_max_connections_is_refused() -> anyhow::Result<()> {
     let temp = tempfile::tempdir()?;
-    let config = temp.path().join("hindsight.toml");
-    std::fs::write(&config, "max_connections = 2\n[auth]\nadmin = \"limit-test-secret\"\n")?;
-    let primary = Primary::start_with(
-        &temp.path().join("data"),
-        &["--config", config.to_str().context("utf-8 path")?],
+    let config = write_config(
+        temp.path(),
+        "hindsight.toml",
+        "max_connections = 2\n[auth]\nadmin = \"limit-test-secret\"\n",
     )?;
+    let primary = Primary::start_with(&temp.path().join("data"), &["--config", &config])?;
     let options = ConnectOptions { password: "limit-test-secret".into(), ..ConnectOptions::default() };
     let first = Client::connect(primary.addr.as_str(), options.clone()).await?;
     let mut second = Client::connect(primary.addr.as_str(), options.clone()).await?;
@@ -180,12 +180,8 @@ fn transparent_huge_pages_are_off_unless_configured() -> anyhow::Result<()> {
         return Ok(());
     };
     assert_eq!(off, "0", "a primary with the default settings allows transparent huge pages");
-    let config = temp.path().join("thp.toml");
-    std::fs::write(&config, "transparent_huge_pages = true\n")?;
-    let allowed = Primary::start_with(
-        &temp.path().join("allowed"),
-        &["--config", config.to_str().context("utf-8 path")?],
-    )?;
+    let config = write_config(temp.path(), "thp.toml", "transparent_huge_pages = true\n")?;
+    let allowed = Primary::start_with(&temp.path().join("allowed"), &["--config", &config])?;
     assert_eq!(allowed.thp_enabled()?.as_deref(), Some("1"), "transparent_huge_pages = true was not applied");
     Ok(())
 }

@@ -8,13 +8,12 @@
 mod common;
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
-use std::path::Path;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, ensure, Context};
-use common::{show_one_row, show_status, Primary, Replica, DEADLINE, POLL_INTERVAL};
+use common::{show_one_row, show_status, write_config, Primary, Replica, DEADLINE, POLL_INTERVAL};
 use hindsight_primary::client::{Client, ClientError, ConnectOptions, Value};
 use hindsight_protocol::Lsn;
 use rand::rngs::StdRng;
@@ -38,13 +37,6 @@ fn seed() -> anyhow::Result<u64> {
     // Printed first so a failure's output always names it.
     println!("seed = {seed} (replay with HINDSIGHT_TEST_SEED={seed})");
     Ok(seed)
-}
-
-/// Writes a configuration file and returns its path as text.
-fn write_config(dir: &Path, name: &str, toml: &str) -> anyhow::Result<String> {
-    let path = dir.join(name);
-    std::fs::write(&path, toml).with_context(|| format!("write {}", path.display()))?;
-    Ok(path.to_str().context("a UTF-8 temporary path")?.to_string())
 }
 
 /// A deadline for one async wait; every poll loop has one.

@@ -187,27 +187,48 @@ async fn updater(mut client: Client, rows: u64, count: u64, seed: u64) -> Result
     Ok((hist, conflicts))
 }
 
+/// A primary served in this process on a free loopback port, for the workloads' tests.
+#[cfg(test)]
+pub(crate) struct InProcessPrimary {
+    /// Its data directory, removed when this is dropped.
+    _dir: tempfile::TempDir,
+    pub(crate) server: hindsight_primary::server::ServerHandle,
+    pub(crate) addr: SocketAddr,
+    /// The admin secret it wrote on first start.
+    pub(crate) secret: String,
+}
+
+#[cfg(test)]
+impl InProcessPrimary {
+    /// Starts one on `runtime` with the default settings.
+    pub(crate) fn start(runtime: &tokio::runtime::Runtime) -> InProcessPrimary {
+        use hindsight_primary::{Server, ServerConfig};
+        let dir = tempfile::tempdir().unwrap();
+        let config = ServerConfig { listen: "127.0.0.1:0".into(), ..ServerConfig::default() };
+        let server = runtime.block_on(Server::start(dir.path(), config)).expect("start the server");
+        let addr = server.local_addr();
+        let secret = std::fs::read_to_string(dir.path().join(crate::commit::ADMIN_SECRET_FILE)).unwrap();
+        let secret = secret.trim().to_string();
+        InProcessPrimary { _dir: dir, server, addr, secret }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
-    use hindsight_primary::{Server, ServerConfig};
 
     /// The client side against an in-process server (the binary is tested by the `commit`
     /// workload itself): loads, updates, and checks the sum and the WAL growth.
     #[test]
     fn updates_through_an_in_process_server() {
-        let dir = tempfile::tempdir().unwrap();
         let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build().unwrap();
-        let config = ServerConfig { listen: "127.0.0.1:0".into(), ..ServerConfig::default() };
-        let server = runtime.block_on(Server::start(dir.path(), config)).expect("start the server");
-        let addr = server.local_addr();
-        let secret = std::fs::read_to_string(dir.path().join("admin.secret")).unwrap();
+        let primary = InProcessPrimary::start(&runtime);
         let result = runtime
-            .block_on(run_async(addr, secret.trim().to_string(), 500, 60, 3))
+            .block_on(run_async(primary.addr, primary.secret.clone(), 500, 60, 3))
             .expect("run the updates");
         assert_eq!(result.stats.txns, 60);
         assert!(result.tps > 0.0);
         assert!(result.wal_bytes.unwrap() > 0);
-        runtime.block_on(server.shutdown());
+        runtime.block_on(primary.server.shutdown());
     }
 }

@@ -1144,14 +1144,9 @@ mod tests {
     /// whose sessions start with `SET synchronous_commit = local`.
     #[test]
     fn hindsight_pieces_against_an_in_process_primary() {
-        use hindsight_primary::{Server as InProcess, ServerConfig};
-        let dir = tempfile::tempdir().unwrap();
         let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build().unwrap();
-        let config = ServerConfig { listen: "127.0.0.1:0".into(), ..ServerConfig::default() };
-        let server = runtime.block_on(InProcess::start(dir.path(), config)).expect("start the server");
-        let addr = server.local_addr();
-        let secret = std::fs::read_to_string(dir.path().join(ADMIN_SECRET_FILE)).unwrap();
-        let secret = secret.trim();
+        let primary = crate::client::InProcessPrimary::start(&runtime);
+        let (server, addr, secret) = (primary.server, primary.addr, primary.secret.as_str());
         let mut admin = Session::connect(&runtime, addr, secret).unwrap();
         runtime.block_on(crate::client::load_accounts(&mut admin.client, 200)).unwrap();
         let before = admin.position().unwrap();

@@ -38,6 +38,13 @@ pub fn wait_until(what: &str, mut condition: impl FnMut() -> anyhow::Result<bool
     }
 }
 
+/// Writes a configuration file `name` in `dir` and returns its path as text (for `--config`).
+pub fn write_config(dir: &Path, name: &str, toml: &str) -> anyhow::Result<String> {
+    let path = dir.join(name);
+    std::fs::write(&path, toml).with_context(|| format!("write {}", path.display()))?;
+    Ok(path.to_str().context("a UTF-8 temporary path")?.to_string())
+}
+
 /// Waits for a process to exit, with a deadline.
 pub fn wait_exit(child: &mut Child, what: &str) -> anyhow::Result<ExitStatus> {
     let mut status = None;

@@ -10,8 +10,8 @@
 //! - Out: commits at `remote_write`/`remote_flush`/`remote_apply` wait in
 //!   [`Replication::wait_for`], queued by Lsn; when the confirmed positions move, only the
 //!   waits they satisfy are woken (never by polling, never all of them on every
-//!   acknowledgement). SQL sessions read and change the state
-//!   through the [`ReplicationHost`] implementation: `SHOW REPLICATION`,
+//!   acknowledgement). SQL sessions read and change the state through the
+//!   [`ReplicationHost`] implementation: `SHOW REPLICATION`,
 //!   `CREATE`/`DROP REPLICATION SLOT`. Slots go to `DATA_DIR/replication_slots` ([`slots`]),
 //!   and WAL the standbys still need is kept through engine WAL holds: `slot:<name>` per slot
 //!   and `walsender:<n>` per connection, both capped by `max_slot_wal_keep_bytes`.
@@ -472,7 +472,7 @@ impl Replication {
         !self.rule.is_none() && level.position(&StandbyPositions::default()).is_some()
     }
 
-    /// Recomputes what the synchronous standbys confirmed and wakes the waits that satisfies.
+    /// Recomputes what the synchronous standbys confirmed and wakes the waits it now satisfies.
     fn publish_confirmed(&self, st: &State) {
         let confirmed = self.rule.confirmed(&st.candidates()).unwrap_or_default();
         let mut waits = lock(&self.waits);

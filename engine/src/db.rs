@@ -20,6 +20,7 @@ use crate::checkpoint::{
 };
 use crate::error::{Error, ErrorCode, Result, SqlError};
 use crate::replay::{Replayer, TXN_CHANGE_BYTES_MAX};
+use crate::reply::{reply_slot, ReplyTx};
 use crate::schema::TableId;
 use crate::store::{ReadView, Store};
 use crate::txn::{AfterCommit, CommitInfo, WriteSet};
@@ -209,22 +210,22 @@ impl Shared {
 
 /// An acknowledgement waiting for its group's fdatasync.
 enum Ack {
-    Commit(Sender<Result<CommitInfo>>, CommitInfo, AfterCommit),
-    Lsn(Sender<Result<Lsn>>, Lsn),
+    Commit(ReplyTx<Result<CommitInfo>>, CommitInfo, AfterCommit),
+    Lsn(ReplyTx<Result<Lsn>>, Lsn),
 }
 
 impl Ack {
     fn fail(self, why: &str) {
         match self {
-            Ack::Commit(reply, _, _) => drop(reply.send(Err(Error::Poisoned(why.to_string())))),
-            Ack::Lsn(reply, _) => drop(reply.send(Err(Error::Poisoned(why.to_string())))),
+            Ack::Commit(reply, _, _) => reply.send(Err(Error::Poisoned(why.to_string()))),
+            Ack::Lsn(reply, _) => reply.send(Err(Error::Poisoned(why.to_string()))),
         }
     }
 
     fn succeed(self) {
         match self {
-            Ack::Commit(reply, info, _) => drop(reply.send(Ok(info))),
-            Ack::Lsn(reply, lsn) => drop(reply.send(Ok(lsn))),
+            Ack::Commit(reply, info, _) => reply.send(Ok(info)),
+            Ack::Lsn(reply, lsn) => reply.send(Ok(lsn)),
         }
     }
 
@@ -336,11 +337,11 @@ impl Flusher {
 }
 
 enum Request {
-    Commit(WriteSet, AfterCommit, Sender<Result<CommitInfo>>),
+    Commit(WriteSet, AfterCommit, ReplyTx<Result<CommitInfo>>),
     /// A replica's input: WAL bytes at their Lsn.
     Wal(Lsn, Vec<u8>),
-    RestorePoint(String, Sender<Result<Lsn>>),
-    Checkpoint(Sender<Result<Lsn>>),
+    RestorePoint(String, ReplyTx<Result<Lsn>>),
+    Checkpoint(ReplyTx<Result<Lsn>>),
     CheckpointDone(Result<SnapshotWritten>),
     Shutdown,
 }
@@ -655,10 +656,10 @@ impl Database {
         self.store.read_view_at(lsn)
     }
 
-    fn request<T>(&self, make: impl FnOnce(Sender<Result<T>>) -> Request) -> Result<T> {
-        let (reply_tx, reply_rx) = bounded(1);
+    fn request<T>(&self, make: impl FnOnce(ReplyTx<Result<T>>) -> Request) -> Result<T> {
+        let (reply_tx, reply_rx) = reply_slot();
         self.tx.send(make(reply_tx)).map_err(|_| Error::Shutdown)?;
-        reply_rx.recv().map_err(|_| Error::Shutdown)?
+        reply_rx.recv().ok_or(Error::Shutdown)?
     }
 
     /// Commits a write set: conflict check, WAL append, group-commit fsync, apply, publish.
@@ -720,6 +721,22 @@ impl Database {
             return Err(Error::Poisoned(why));
         }
         self.wal_tx.send((start, bytes)).map_err(|_| Error::Shutdown)
+    }
+
+    /// [`apply_wal`](Database::apply_wal) without blocking: `Ok(Some(bytes))` gives the slice
+    /// back when [`WAL_QUEUE_MAX`] slices already wait, for the caller to send with
+    /// `apply_wal` where it may block. An async receiver calls this first, so its worker
+    /// thread is handed over (`block_in_place`) only under back-pressure, not once per slice.
+    pub fn try_apply_wal(&self, start: Lsn, bytes: Vec<u8>) -> Result<Option<Vec<u8>>> {
+        assert!(self.standby, "try_apply_wal on a primary");
+        if let Some(why) = self.shared.replay_error.lock().clone() {
+            return Err(Error::Poisoned(why));
+        }
+        match self.wal_tx.try_send((start, bytes)) {
+            Ok(()) => Ok(None),
+            Err(crossbeam_channel::TrySendError::Full((_, bytes))) => Ok(Some(bytes)),
+            Err(crossbeam_channel::TrySendError::Disconnected(_)) => Err(Error::Shutdown),
+        }
     }
 
     /// Installs the function called after every publish with the new visible Lsn (WAL senders
@@ -947,7 +964,7 @@ struct Committer {
     body: Vec<u8>,
     poisoned: Option<String>,
     checkpoint_running: bool,
-    checkpoint_waiters: Vec<Sender<Result<Lsn>>>,
+    checkpoint_waiters: Vec<ReplyTx<Result<Lsn>>>,
     last_checkpoint: Instant,
     wal_at_checkpoint: Lsn,
     flusher: Arc<Flusher>,
@@ -1015,7 +1032,7 @@ impl Committer {
                     let _ = h.join();
                 }
                 for w in self.checkpoint_waiters.drain(..) {
-                    let _ = w.send(Err(Error::Shutdown));
+                    w.send(Err(Error::Shutdown));
                 }
                 return;
             }
@@ -1032,14 +1049,14 @@ impl Committer {
                 Request::Commit(ws, after, reply) => match self.commit(ws) {
                     Ok(info) => acks.push(Ack::Commit(reply, info, after)),
                     Err(e) => {
-                        let _ = reply.send(Err(e));
+                        reply.send(Err(e));
                     }
                 },
                 Request::RestorePoint(name, reply) => {
                     match self.append_simple(&Record::RestorePoint { name, time_us: now_us() }) {
                         Ok(end) => acks.push(Ack::Lsn(reply, end)),
                         Err(e) => {
-                            let _ = reply.send(Err(e));
+                            reply.send(Err(e));
                         }
                     }
                 }
@@ -1397,14 +1414,14 @@ impl Committer {
         if !due || self.checkpoint_running || self.poisoned.is_some() {
             if let Some(why) = &self.poisoned {
                 for w in self.checkpoint_waiters.drain(..) {
-                    let _ = w.send(Err(Error::Poisoned(why.clone())));
+                    w.send(Err(Error::Poisoned(why.clone())));
                 }
             }
             return;
         }
         if let Err(e) = self.wait_flushed() {
             for w in self.checkpoint_waiters.drain(..) {
-                let _ = w.send(Err(Error::Poisoned(e.to_string())));
+                w.send(Err(Error::Poisoned(e.to_string())));
             }
             return;
         }
@@ -1413,7 +1430,7 @@ impl Committer {
         if meta.lsn == self.control.checkpoint_lsn {
             // Nothing new since the last snapshot.
             for w in self.checkpoint_waiters.drain(..) {
-                let _ = w.send(Ok(meta.lsn));
+                w.send(Ok(meta.lsn));
             }
             self.last_checkpoint = Instant::now();
             return;
@@ -1451,7 +1468,7 @@ impl Committer {
             self.checkpoint_running = false;
             for w in self.checkpoint_waiters.drain(..) {
                 let source = std::io::Error::new(e.kind(), e.to_string());
-                let _ = w.send(Err(Error::io("start the snapshot thread", source)));
+                w.send(Err(Error::io("start the snapshot thread", source)));
             }
         }
     }
@@ -1464,7 +1481,7 @@ impl Committer {
                 tracing::error!(error = %e, "snapshot failed; the previous one stays in use");
                 let msg = e.to_string();
                 for w in self.checkpoint_waiters.drain(..) {
-                    let _ = w.send(Err(Error::Mismatch(format!("checkpoint failed: {msg}"))));
+                    w.send(Err(Error::Mismatch(format!("checkpoint failed: {msg}"))));
                 }
                 return;
             }
@@ -1478,7 +1495,7 @@ impl Committer {
             tracing::error!(error = %e, "could not record the snapshot in the control file");
             let msg = e.to_string();
             for w in self.checkpoint_waiters.drain(..) {
-                let _ = w.send(Err(Error::Mismatch(format!("checkpoint failed: {msg}"))));
+                w.send(Err(Error::Mismatch(format!("checkpoint failed: {msg}"))));
             }
             return;
         }
@@ -1494,7 +1511,7 @@ impl Committer {
         self.remove_unneeded_wal();
         self.store.vacuum();
         for w in self.checkpoint_waiters.drain(..) {
-            let _ = w.send(Ok(lsn));
+            w.send(Ok(lsn));
         }
     }
 

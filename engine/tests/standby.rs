@@ -28,7 +28,14 @@ fn stream(primary: &Database, replica: &Database, slice: &mut usize, pos: &mut L
         *slice = (*slice * 7 + 13) % 70_000 + 1;
         let mut buf = Vec::new();
         let n = reader.read(*pos, upto, *slice, &mut buf).unwrap();
-        replica.apply_wal(*pos, buf).unwrap();
+        // Every other slice goes the receiver's way: without blocking first, and with
+        // blocking only when the queue hands the slice back whole.
+        if *slice % 2 == 0 {
+            replica.apply_wal(*pos, buf).unwrap();
+        } else if let Some(back) = replica.try_apply_wal(*pos, buf).unwrap() {
+            assert_eq!(back.len(), n, "a full queue gives the whole slice back");
+            replica.apply_wal(*pos, back).unwrap();
+        }
         *pos = pos.add(n as u64);
     }
 }
@@ -144,5 +151,7 @@ fn a_standby_refuses_a_gap_and_stops_on_corrupt_wal() {
     assert!(error.contains("replication stream") || error.contains("digest"), "{error}");
     assert!(replica.status().visible_lsn < primary.status().visible_lsn);
     let again = replica.apply_wal(Lsn(start.0 + buf.len() as u64), vec![0]).unwrap_err();
+    assert!(again.to_string().contains(&error[..20]), "{again}");
+    let again = replica.try_apply_wal(Lsn(start.0 + buf.len() as u64), vec![0]).unwrap_err();
     assert!(again.to_string().contains(&error[..20]), "{again}");
 }

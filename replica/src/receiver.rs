@@ -181,8 +181,12 @@ async fn stream(
                         }
                         let len = wal.data.len() as u64;
                         let start = *received;
-                        // Blocks only while the committer's bounded queue is full (back-pressure).
-                        let applied = tokio::task::block_in_place(|| db.apply_wal(start, wal.data.to_vec()));
+                        // Blocks (handing this worker's other tasks to another thread) only
+                        // while the committer's bounded queue is full: back-pressure.
+                        let applied = match db.try_apply_wal(start, wal.data.to_vec()) {
+                            Ok(Some(bytes)) => tokio::task::block_in_place(|| db.apply_wal(start, bytes)),
+                            other => other.map(|_| ()),
+                        };
                         applied.map_err(|e| fail(format!("replay stopped: {e}"), streamed))?;
                         *received = start.add(len);
                         if !streamed {

@@ -23,7 +23,7 @@ use crate::replay::{Replayer, TXN_CHANGE_BYTES_MAX};
 use crate::reply::{reply_slot, ReplyTx};
 use crate::schema::TableId;
 use crate::store::{ReadView, Store};
-use crate::txn::{AfterCommit, CommitInfo, WriteSet};
+use crate::txn::{AfterCommit, CommitInfo, PendingCommit, WriteSet};
 use crate::wal::decoder::Decoder;
 use crate::wal::holds::{HoldError, WalHold, WalHolds};
 use crate::wal::reader::{list_segments, scan_wal, TailPolicy, WalDir};
@@ -168,7 +168,7 @@ pub type PublishHook = Arc<dyn Fn(Lsn) + Send + Sync>;
 struct Shared {
     published: Mutex<Published>,
     flushed_lsn: AtomicU64,
-    publish_hook: parking_lot::RwLock<Option<PublishHook>>,
+    publish_hooks: parking_lot::RwLock<Vec<PublishHook>>,
     holds: WalHolds,
     /// Set when a replica's committer stopped on bad WAL.
     replay_error: Mutex<Option<String>>,
@@ -224,14 +224,20 @@ impl Ack {
 
     fn succeed(self) {
         match self {
-            Ack::Commit(reply, info, _) => reply.send(Ok(info)),
+            Ack::Commit(reply, info, AfterCommit::Returns) => reply.send(Ok(info)),
+            Ack::Commit(reply, info, AfterCommit::Relayed(relay)) => {
+                relay.relay(PendingCommit::new(info, reply))
+            }
             Ack::Lsn(reply, lsn) => reply.send(Ok(lsn)),
         }
     }
 
     /// Whether the writer comes straight back after this acknowledgement (see [`AfterCommit`]).
     fn writer_returns(&self) -> bool {
-        !matches!(self, Ack::Commit(_, _, AfterCommit::WaitsForStandbys))
+        match self {
+            Ack::Commit(_, _, after) => after.returns(),
+            Ack::Lsn(..) => true,
+        }
     }
 }
 
@@ -325,9 +331,7 @@ impl Flusher {
             drop(q);
             self.done.notify_all();
             if let Some(lsn) = published_lsn {
-                if let Some(hook) = shared.publish_hook.read().as_ref() {
-                    hook(lsn);
-                }
+                shared.publish_hooks.read().iter().for_each(|hook| hook(lsn));
             }
             last_acked = acks.iter().filter(|a| a.writer_returns()).count();
             shared.commits.fetch_add(acks.len() as u64, Ordering::Relaxed);
@@ -552,7 +556,7 @@ impl Database {
             }),
             insert_lsn: AtomicU64::new(writer.insert_lsn().0),
             flushed_lsn: AtomicU64::new(writer.insert_lsn().0),
-            publish_hook: parking_lot::RwLock::new(None),
+            publish_hooks: parking_lot::RwLock::new(Vec::new()),
             holds: WalHolds::new(oldest_lsn, config.max_slot_wal_keep_bytes),
             replay_error: Mutex::new(None),
             wal_syncs: AtomicU64::new(0),
@@ -739,10 +743,11 @@ impl Database {
         }
     }
 
-    /// Installs the function called after every publish with the new visible Lsn (WAL senders
-    /// wake on it; lag is timed from it). Replaces any earlier hook.
-    pub fn set_publish_hook(&self, hook: PublishHook) {
-        *self.shared.publish_hook.write() = Some(hook);
+    /// Adds a function called after every publish with the new visible Lsn, after those added
+    /// before it (WAL senders wake on it, lag is timed from it, a replica reports upstream from
+    /// it).
+    pub fn add_publish_hook(&self, hook: PublishHook) {
+        self.shared.publish_hooks.write().push(hook);
     }
 
     /// Keeps the WAL from `lsn` on until the hold is moved or released (see [`WalHolds`]);

@@ -34,6 +34,18 @@ pub struct ReplyRx<T> {
     shared: Arc<Shared<T>>,
 }
 
+impl<T> std::fmt::Debug for ReplyTx<T> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(if self.shared.is_some() { "ReplyTx(unanswered)" } else { "ReplyTx(answered)" })
+    }
+}
+
+impl<T> std::fmt::Debug for ReplyRx<T> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("ReplyRx")
+    }
+}
+
 /// A new reply slot.
 pub fn reply_slot<T>() -> (ReplyTx<T>, ReplyRx<T>) {
     let shared = Arc::new(Shared { slot: Mutex::new(Slot::Empty), ready: Condvar::new() });

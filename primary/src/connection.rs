@@ -49,7 +49,6 @@ use tokio_util::codec::Framed;
 use tokio_util::sync::CancellationToken;
 
 use crate::auth::Role;
-use crate::replication::SyncLevel;
 use crate::server::Shared;
 
 /// How long a new connection has to send its `Startup`.
@@ -299,12 +298,10 @@ async fn serve_session(shared: &Shared, transport: &mut Transport, role: Role, p
             }
         };
         match message.msg {
-            Some(Msg::Query(query)) => {
-                match run_query(shared, transport, session, query.sql, placement).await {
-                    Some(back) => session = back,
-                    None => return,
-                }
-            }
+            Some(Msg::Query(query)) => match run_query(transport, session, query.sql, placement).await {
+                Some(back) => session = back,
+                None => return,
+            },
             Some(Msg::Terminate(_)) => {
                 tracing::debug!("client terminated the session");
                 return;
@@ -323,26 +320,17 @@ async fn serve_session(shared: &Shared, transport: &mut Transport, role: Role, p
 /// Runs one `Query` where blocking is allowed and sends its answer. Returns the session for the next
 /// query, or `None` when the connection is finished.
 async fn run_query(
-    shared: &Shared,
     transport: &mut Transport,
     mut session: Session,
     sql: String,
     placement: Placement,
 ) -> Option<Session> {
+    // A commit at a synchronous_commit level above local returns from `execute` only once
+    // the synchronous standbys confirmed it (the engine relays it to `shared.replication`).
     let execute = move || {
         let results = session.execute(&sql);
-        // The newest commit this query made: with a remote synchronous_commit level, its
-        // answer waits until the synchronous standbys confirmed it.
-        let commit_lsn = results
-            .iter()
-            .filter_map(|r| match r {
-                Ok(StatementResult::Command { commit: Some(c), .. }) => Some(c.lsn),
-                _ => None,
-            })
-            .max();
-        let level = session.setting("synchronous_commit").and_then(SyncLevel::from_setting);
         let replies = answer(results, session.in_transaction(), session.transaction_failed());
-        (session, replies, commit_lsn.zip(level))
+        (session, replies)
     };
     // Never a hand-off to another thread and back where it can be helped: that is most of a
     // point query's round trip. Either way a panic becomes an error, not a dead server.
@@ -356,7 +344,7 @@ async fn run_query(
         }
         Placement::SharedRuntime => tokio::task::spawn_blocking(execute).await.map_err(|e| e.to_string()),
     };
-    let (session, replies, wait) = match ran {
+    let (session, replies) = match ran {
         Ok(ran) => ran,
         Err(panic) => {
             tracing::error!(panic = %panic, "a statement failed unexpectedly; closing the session");
@@ -365,16 +353,6 @@ async fn run_query(
             return None;
         }
     };
-    if let Some((lsn, level)) = wait.filter(|(_, level)| *level > SyncLevel::Local) {
-        if shared.replication.wait_for(lsn, level, &shared.shutdown).await.is_err() {
-            let message = format!(
-                "the transaction committed locally at {lsn}, but the server shut down before the synchronous standbys confirmed it"
-            );
-            let hint = "check on the primary or a replica whether it is there before retrying";
-            refuse(transport, error_code::SHUTTING_DOWN, message, hint).await;
-            return None;
-        }
-    }
     for reply in replies {
         if let Err(e) = transport.feed(reply).await {
             tracing::debug!(error = %e, "sending an answer failed; closing the connection");

@@ -121,7 +121,7 @@ impl Server {
         // Weak: the registry holds the database, so a strong reference here would be a cycle
         // that keeps the database (and its directory lock) alive after shutdown.
         let on_publish = Arc::downgrade(&replication);
-        db.set_publish_hook(Arc::new(move |lsn| {
+        db.add_publish_hook(Arc::new(move |lsn| {
             if let Some(replication) = on_publish.upgrade() {
                 replication.on_published(lsn);
             }
@@ -225,6 +225,9 @@ impl ServerHandle {
     pub async fn shutdown(mut self) {
         tracing::info!(addr = %self.local_addr, "shutting down");
         self.shutdown.cancel();
+        // Commits waiting for synchronous standbys are answered now (committed locally, not
+        // confirmed), so their sessions finish instead of sleeping through the drain.
+        self.replication.end_waits();
         if let Some(task) = self.accept_task.take() {
             if let Err(e) = task.await {
                 tracing::error!(error = %e, "the accept loop failed");
@@ -258,6 +261,7 @@ impl std::fmt::Debug for ServerHandle {
 impl Drop for ServerHandle {
     fn drop(&mut self) {
         self.shutdown.cancel();
+        self.replication.end_waits();
     }
 }
 

@@ -89,6 +89,38 @@ async fn shutdown_tells_idle_sessions_why() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shutdown_answers_a_commit_waiting_for_standbys_and_keeps_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = ServerConfig::from_toml(&format!(
+        "listen = \"127.0.0.1:0\"\nsynchronous_standbys = \"FIRST 1 (nobody)\"\n[engine]\nfsync = false\n[auth]\nadmin = \"{SECRET}\"\n"
+    ))
+    .expect("valid configuration");
+    let server = Server::start(dir.path(), config).await.expect("start the server");
+    let mut client = Client::connect(server.local_addr(), admin()).await.unwrap();
+    client.query("CREATE TABLE t (id BIGINT PRIMARY KEY)").await.unwrap();
+    let before = server.database().status().visible_lsn;
+    client.query("SET synchronous_commit = remote_apply").await.unwrap();
+    // No standby named "nobody" will ever confirm it.
+    let waiting = tokio::spawn(async move { client.query("INSERT INTO t VALUES (1)").await });
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while server.database().status().visible_lsn == before {
+        assert!(std::time::Instant::now() < deadline, "the insert never became durable");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    assert!(!waiting.is_finished(), "answered before any standby confirmed it");
+    tokio::time::timeout(Duration::from_secs(30), server.shutdown()).await.expect("shutdown finishes");
+    let error = waiting.await.unwrap().expect_err("not confirmed by a standby");
+    assert_eq!(error.code(), Some("shutting_down"), "{error}");
+    assert!(error.to_string().contains("committed locally at"), "{error}");
+    // It is durable, as the error says.
+    let again = start(dir.path()).await;
+    let mut client = Client::connect(again.local_addr(), admin()).await.unwrap();
+    let rows = client.query("SELECT count(*) FROM t").await.unwrap();
+    assert_eq!(rows[0].rows, vec![vec![Value::Int(1)]]);
+    again.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn read_only_roles_cannot_open_replication_connections() {
     use futures::{SinkExt, StreamExt};
     use hindsight_protocol::wire::{server_message::Msg, Purpose, Startup};

@@ -12,6 +12,8 @@
 
 use super::StatementResult;
 use crate::error::{ErrorCode, SqlError};
+use crate::txn::CommitRelay;
+use std::sync::Arc;
 
 /// The longest replication slot name, in bytes (PostgreSQL's `NAMEDATALEN - 1`).
 pub const SLOT_NAME_LEN_MAX: usize = 63;
@@ -30,11 +32,12 @@ pub trait ReplicationHost: Send + Sync {
     fn create_replication_slot(&self, name: &str) -> Result<StatementResult, SqlError>;
     /// `DROP REPLICATION SLOT name`, `name` already checked by [`slot_name`].
     fn drop_replication_slot(&self, name: &str) -> Result<StatementResult, SqlError>;
-    /// Whether a commit at this `synchronous_commit` level (as the session stores it) waits
-    /// for synchronous standbys after the local acknowledgement. The engine uses it only to
-    /// time group commits; a replica, which takes no commits, keeps the default.
-    fn commit_waits_for_standbys(&self, _synchronous_commit: &str) -> bool {
-        false
+    /// Where a commit at this `synchronous_commit` level (as the session stores it) goes once
+    /// durable, when it must also wait for synchronous standbys: the relay that answers it when
+    /// they confirm. `None` (the default, and a replica's answer: it takes no commits) answers
+    /// commits as soon as they are durable.
+    fn commit_relay(&self, _synchronous_commit: &str) -> Option<Arc<dyn CommitRelay>> {
+        None
     }
 }
 

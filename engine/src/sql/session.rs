@@ -224,13 +224,14 @@ impl Session {
         self.settings.get(name)
     }
 
-    /// What this session does after a commit is acknowledged: waits for synchronous standbys
-    /// when its server has a host that says its `synchronous_commit` level makes it wait.
+    /// Where this session's commits go once durable: to its host's relay when its
+    /// `synchronous_commit` level makes them wait for synchronous standbys (the commit then
+    /// returns once they confirmed it), otherwise straight back.
     fn after_commit(&self) -> AfterCommit {
         let level = self.settings.get("synchronous_commit").unwrap_or("local");
-        match &self.host {
-            Some(host) if host.commit_waits_for_standbys(level) => AfterCommit::WaitsForStandbys,
-            _ => AfterCommit::Returns,
+        match self.host.as_ref().and_then(|host| host.commit_relay(level)) {
+            Some(relay) => AfterCommit::Relayed(relay),
+            None => AfterCommit::Returns,
         }
     }
 

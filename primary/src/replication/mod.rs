@@ -7,10 +7,12 @@
 //!   [`Replication::register`] when a standby starts streaming or takes a base backup, and then
 //!   reports through its [`StandbyHandle`]: [`StandbyHandle::set_state`],
 //!   [`StandbyHandle::sent`], and [`StandbyHandle::ack`] for each `StandbyStatus`.
-//! - Out: commits at `remote_write`/`remote_flush`/`remote_apply` wait in
-//!   [`Replication::wait_for`], queued by Lsn; when the confirmed positions move, only the
-//!   waits they satisfy are woken (never by polling, never all of them on every
-//!   acknowledgement). SQL sessions read and change the state through the
+//! - Out: commits at `remote_write`/`remote_flush`/`remote_apply` reach
+//!   [`Replication::relay`] from the engine's flusher once durable (through the per-level
+//!   relay [`ReplicationHost::commit_relay`] gives their sessions), queued by Lsn; when the
+//!   confirmed positions move, only the commits they satisfy are answered (never by polling,
+//!   never all of them on every acknowledgement). The session's thread sleeps once per
+//!   commit, from its COMMIT until the standbys confirmed it. SQL sessions read and change the state through the
 //!   [`ReplicationHost`] implementation: `SHOW REPLICATION`,
 //!   `CREATE`/`DROP REPLICATION SLOT`. Slots go to `DATA_DIR/replication_slots` ([`slots`]),
 //!   and WAL the standbys still need is kept through engine WAL holds: `slot:<name>` per slot
@@ -36,6 +38,7 @@ pub use syncrep::{parse_sync_standbys, SyncLevel, SyncMethod, SyncRule, SyncStat
 
 use hindsight_engine::error::{ErrorCode, SqlError};
 use hindsight_engine::sql::{Column, ReplicationHost, StatementResult};
+use hindsight_engine::txn::{CommitRelay, PendingCommit};
 use hindsight_engine::value::{DataType, Value};
 use hindsight_engine::wal::holds::{HoldError, WAL_HOLDS_MAX};
 use hindsight_engine::Database;
@@ -47,10 +50,8 @@ use std::fmt;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex, MutexGuard, Weak};
 use std::time::{Duration, Instant};
-use tokio::sync::oneshot;
-use tokio_util::sync::CancellationToken;
 
 /// The most standbys (streaming or taking a base backup) registered at once.
 pub const STANDBYS_MAX: usize = 64;
@@ -144,10 +145,38 @@ impl fmt::Display for RegisterError {
 
 impl std::error::Error for RegisterError {}
 
-/// A synchronous commit wait ended because the server is shutting down.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
-#[error("the server is shutting down before synchronous standbys confirmed the commit")]
-pub struct WaitCancelled;
+/// What a commit still waiting for synchronous standbys is answered at shutdown: it is durable
+/// here, and may or may not have reached them.
+pub fn unconfirmed_at_shutdown(lsn: Lsn) -> hindsight_engine::Error {
+    let message = format!(
+        "the transaction committed locally at {lsn}, but the server shut down before the synchronous standbys confirmed it"
+    );
+    SqlError::new(ErrorCode::Shutdown, message)
+        .with_hint("check on the primary or a replica whether it is there before retrying")
+        .into()
+}
+
+/// The relay for one `synchronous_commit` level, handed to sessions by
+/// [`ReplicationHost::commit_relay`].
+#[derive(Debug)]
+struct LevelRelay {
+    /// Weak: the database holds the relay in its flusher queue, and the registry holds the
+    /// database (see the publish hook in the server).
+    replication: Weak<Replication>,
+    level: SyncLevel,
+}
+
+impl CommitRelay for LevelRelay {
+    fn relay(&self, pending: PendingCommit) {
+        match self.replication.upgrade() {
+            Some(r) => r.relay(self.level, pending),
+            None => {
+                let lsn = pending.info().lsn;
+                pending.fail(unconfirmed_at_shutdown(lsn));
+            }
+        }
+    }
+}
 
 /// One registered standby connection.
 #[derive(Debug)]
@@ -228,25 +257,31 @@ pub struct Replication {
     state: Mutex<State>,
     samples: Mutex<LagSamples>,
     waits: Mutex<Waits>,
+    /// One per level above `local`.
+    relays: Vec<Arc<LevelRelay>>,
 }
 
 /// Commits waiting for synchronous standbys, and what those confirmed.
 ///
-/// Invariant: every queued wait's Lsn is above its level's position in `confirmed` (a wait
-/// that `confirmed` satisfies is woken and removed in the same critical section that moved
-/// it, or never queued).
+/// Invariants:
+/// - Every queued commit's Lsn is above its level's position in `confirmed` (a commit that
+///   `confirmed` satisfies is taken out in the same critical section that moved it, or never
+///   queued).
+/// - Once `ended` is set (shutdown) the queue is empty and stays empty.
 #[derive(Debug, Default)]
 struct Waits {
     confirmed: StandbyPositions,
-    /// By (Lsn, wait id): the level waited for and how to wake the session.
-    queue: BTreeMap<(Lsn, u64), (SyncLevel, oneshot::Sender<()>)>,
+    /// By (Lsn, wait id): the level waited for and the commit to answer.
+    queue: BTreeMap<(Lsn, u64), (SyncLevel, PendingCommit)>,
     next_id: u64,
+    ended: bool,
 }
 
 impl Waits {
-    /// Sets `confirmed` and wakes the waits it satisfies, in Lsn order. Positions keep the
-    /// ladder written ≥ flushed ≥ replayed, so nothing above `written` can be satisfied.
-    fn confirm(&mut self, confirmed: StandbyPositions) {
+    /// Sets `confirmed` and takes out the commits it satisfies, in Lsn order, for the caller
+    /// to answer once the lock is released. Positions keep the ladder written ≥ flushed ≥
+    /// replayed, so nothing above `written` can be satisfied.
+    fn confirm(&mut self, confirmed: StandbyPositions) -> Vec<PendingCommit> {
         self.confirmed = confirmed;
         let satisfied: Vec<(Lsn, u64)> = self
             .queue
@@ -254,12 +289,7 @@ impl Waits {
             .filter(|((lsn, _), (level, _))| level.position(&confirmed).is_some_and(|at| at >= *lsn))
             .map(|(key, _)| *key)
             .collect();
-        for key in satisfied {
-            if let Some((_, wake)) = self.queue.remove(&key) {
-                // A session that stopped waiting (its client left) dropped the receiver.
-                let _ = wake.send(());
-            }
-        }
+        satisfied.iter().filter_map(|key| self.queue.remove(key)).map(|(_, pending)| pending).collect()
     }
 }
 
@@ -314,7 +344,7 @@ impl Replication {
                 .slots
                 .insert(record.name, Slot { restart_lsn: record.restart_lsn, invalidated, active: None });
         }
-        let replication = Arc::new(Replication {
+        let replication = Arc::new_cyclic(|weak| Replication {
             db,
             slots_path,
             rule,
@@ -323,6 +353,10 @@ impl Replication {
             state: Mutex::new(state),
             samples: Mutex::new(LagSamples::new()),
             waits: Mutex::new(Waits::default()),
+            relays: [SyncLevel::RemoteWrite, SyncLevel::RemoteFlush, SyncLevel::RemoteApply]
+                .into_iter()
+                .map(|level| Arc::new(LevelRelay { replication: Weak::clone(weak), level }))
+                .collect(),
         });
         if lock(&replication.state).slots_dirty {
             replication.persist_slots()?;
@@ -425,38 +459,38 @@ impl Replication {
         Ok(StandbyHandle { replication: Arc::clone(self), id, hold_name: format!("walsender:{id}") })
     }
 
-    /// Waits until enough synchronous standbys confirmed `lsn` at `level`. Off/Local, and any
-    /// level while synchronous_standbys is empty, return at once. Never polls: the wait is
-    /// queued by Lsn and woken only when acknowledgements, connections and disconnections move
-    /// the confirmed positions past it. Returns Err when `cancel` fires (server shutdown).
-    pub async fn wait_for(
-        &self,
-        lsn: Lsn,
-        level: SyncLevel,
-        cancel: &CancellationToken,
-    ) -> Result<(), WaitCancelled> {
-        if !self.commit_waits(level) {
-            return Ok(());
+    /// Answers `pending` once enough synchronous standbys confirmed its Lsn at `level`: at
+    /// once when they already have (or when nothing waits for standbys at `level` any more),
+    /// otherwise when acknowledgements, connections or disconnections move the confirmed
+    /// positions past it. Never polls. After [`Replication::end_waits`], at once with
+    /// [`unconfirmed_at_shutdown`]. Called on the engine's flusher thread: takes one lock and
+    /// does not block.
+    pub fn relay(&self, level: SyncLevel, pending: PendingCommit) {
+        let lsn = pending.info().lsn;
+        let mut waits = lock(&self.waits);
+        if waits.ended {
+            drop(waits);
+            return pending.fail(unconfirmed_at_shutdown(lsn));
         }
-        let (id, woken) = {
+        if !self.commit_waits(level) || level.position(&waits.confirmed).is_some_and(|at| at >= lsn) {
+            drop(waits);
+            return pending.complete();
+        }
+        let id = waits.next_id;
+        waits.next_id += 1;
+        waits.queue.insert((lsn, id), (level, pending));
+    }
+
+    /// Shutdown: answers every queued commit with [`unconfirmed_at_shutdown`], and every later
+    /// one at once, so no session sleeps through the server's drain.
+    pub fn end_waits(&self) {
+        let queued = {
             let mut waits = lock(&self.waits);
-            if level.position(&waits.confirmed).is_some_and(|at| at >= lsn) {
-                return Ok(());
-            }
-            let (wake, woken) = oneshot::channel();
-            let id = waits.next_id;
-            waits.next_id += 1;
-            waits.queue.insert((lsn, id), (level, wake));
-            (id, woken)
+            waits.ended = true;
+            std::mem::take(&mut waits.queue)
         };
-        tokio::select! {
-            () = cancel.cancelled() => {
-                lock(&self.waits).queue.remove(&(lsn, id));
-                Err(WaitCancelled)
-            }
-            // The sender lives in `self.waits`, which we borrow, so it is only dropped after
-            // sending; treat the impossible as shutdown rather than as confirmed.
-            woken = woken => woken.map_err(|_| WaitCancelled),
+        for ((lsn, _), (_, pending)) in queued {
+            pending.fail(unconfirmed_at_shutdown(lsn));
         }
     }
 
@@ -472,12 +506,15 @@ impl Replication {
         !self.rule.is_none() && level.position(&StandbyPositions::default()).is_some()
     }
 
-    /// Recomputes what the synchronous standbys confirmed and wakes the waits it now satisfies.
+    /// Recomputes what the synchronous standbys confirmed and answers the commits it now
+    /// satisfies.
     fn publish_confirmed(&self, st: &State) {
         let confirmed = self.rule.confirmed(&st.candidates()).unwrap_or_default();
         let mut waits = lock(&self.waits);
         if waits.confirmed != confirmed {
-            waits.confirm(confirmed);
+            let satisfied = waits.confirm(confirmed);
+            drop(waits);
+            satisfied.into_iter().for_each(PendingCommit::complete);
         }
     }
 
@@ -666,8 +703,10 @@ impl Drop for StandbyHandle {
 }
 
 impl ReplicationHost for Replication {
-    fn commit_waits_for_standbys(&self, synchronous_commit: &str) -> bool {
-        SyncLevel::from_setting(synchronous_commit).is_some_and(|level| self.commit_waits(level))
+    fn commit_relay(&self, synchronous_commit: &str) -> Option<Arc<dyn CommitRelay>> {
+        let level = SyncLevel::from_setting(synchronous_commit).filter(|level| self.commit_waits(*level))?;
+        let relay = self.relays.iter().find(|relay| relay.level == level)?;
+        Some(Arc::clone(relay) as Arc<dyn CommitRelay>)
     }
 
     fn show_replication(&self) -> Result<StatementResult, SqlError> {

@@ -1,6 +1,6 @@
 //! Synchronous replication rules: which standbys a `remote_*` commit waits for, and how far
 //! they have all confirmed the WAL. Pure functions over plain data; the waiting is in
-//! [`super::Replication::wait_for`].
+//! [`super::Replication::relay`].
 //!
 //! The rule is PostgreSQL's `synchronous_standby_names`, here the `synchronous_standbys`
 //! setting:
@@ -161,7 +161,7 @@ impl SyncRule {
     /// How far the synchronous standbys have all confirmed the WAL, per level: a commit at
     /// `level` may return once `level.position(&confirmed) >= commit_lsn`. `None` when too few
     /// listed standbys are streaming to satisfy the rule (commits wait), and for the empty rule
-    /// (which [`super::Replication::wait_for`] never asks about).
+    /// (which [`super::Replication::relay`] never asks about).
     ///
     /// FIRST n: the minimum, per position, over the `n` highest-priority streaming standbys.
     /// ANY n: per position, the `n`-th highest among the listed streaming standbys.

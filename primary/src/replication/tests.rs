@@ -2,9 +2,9 @@
 
 use super::*;
 use hindsight_engine::db::Config;
-use std::future::Future;
-
-const DEADLINE: Duration = Duration::from_secs(10);
+use hindsight_engine::reply::ReplyRx;
+use hindsight_engine::txn::CommitInfo;
+use hindsight_protocol::TxId;
 
 fn open(config: Config) -> (tempfile::TempDir, Arc<Database>) {
     let dir = tempfile::tempdir().expect("temp dir");
@@ -30,9 +30,35 @@ fn streaming(r: &Arc<Replication>, name: &str, port: u16) -> StandbyHandle {
     h
 }
 
-/// Whether `fut` is still pending after the others had a chance to run.
-async fn still_pending<F: Future + Unpin>(fut: &mut F) -> bool {
-    tokio::time::timeout(Duration::from_millis(50), fut).await.is_err()
+type Answer = ReplyRx<hindsight_engine::Result<CommitInfo>>;
+
+/// Relays a durable commit ending at `lsn`, as the engine's flusher does; returns where its
+/// answer arrives.
+fn relayed(r: &Replication, lsn: u64, level: SyncLevel) -> Answer {
+    let info = CommitInfo { txid: TxId(1), lsn: Lsn(lsn), commit_time_us: 0 };
+    let (pending, answer) = PendingCommit::detached(info);
+    r.relay(level, pending);
+    answer
+}
+
+/// Checks the commit is not answered yet, and gives its answer slot back.
+#[track_caller]
+fn not_yet(answer: Answer, why: &str) -> Answer {
+    match answer.try_recv() {
+        Err(answer) => answer,
+        Ok(got) => panic!("answered too early ({why}): {got:?}"),
+    }
+}
+
+/// Checks the commit was answered, as committed at `lsn`. Relays answer on the acknowledging
+/// thread, so the answer is there as soon as the call that satisfied it returns.
+#[track_caller]
+fn confirmed(answer: Answer, lsn: u64) {
+    match answer.try_recv() {
+        Ok(Some(Ok(info))) => assert_eq!(info.lsn, Lsn(lsn)),
+        Ok(other) => panic!("expected a confirmation at {lsn}, got {other:?}"),
+        Err(_) => panic!("the commit at {lsn} is still waiting"),
+    }
 }
 
 fn rows(result: StatementResult) -> Vec<Vec<Value>> {
@@ -46,98 +72,92 @@ fn text(s: &str) -> Value {
     Value::Text(s.into())
 }
 
-#[tokio::test]
-async fn wait_for_is_woken_by_acks() {
+#[test]
+fn relayed_commits_are_answered_by_acks() {
     let (dir, db) = open(Config::default());
     let r = replication(&dir, &db, "FIRST 1 (a)");
-    let cancel = CancellationToken::new();
-    // Local and Off never wait.
-    r.wait_for(Lsn(1000), SyncLevel::Local, &cancel).await.unwrap();
-    r.wait_for(Lsn(1000), SyncLevel::Off, &cancel).await.unwrap();
+    // Local and Off never wait: their commits are answered by the engine itself.
+    assert!(r.commit_relay("local").is_none() && r.commit_relay("off").is_none());
+    assert!(r.commit_relay("remote_apply").is_some());
 
     let a = r.register("A".into(), peer(1), None).unwrap();
-    let mut wait = Box::pin(r.wait_for(Lsn(100), SyncLevel::RemoteFlush, &cancel));
-    assert!(still_pending(&mut wait).await, "a is still catching up");
+    let wait = not_yet(relayed(&r, 100, SyncLevel::RemoteFlush), "a is still catching up");
     a.set_state(StandbyState::Streaming);
     a.ack(StandbyPositions { received: Lsn(150), written: Lsn(120), flushed: Lsn(90), replayed: Lsn(10) });
-    assert!(still_pending(&mut wait).await, "flushed 90 < 100");
+    let wait = not_yet(wait, "flushed 90 < 100");
     a.ack(StandbyPositions { received: Lsn(150), written: Lsn(120), flushed: Lsn(100), replayed: Lsn(10) });
-    tokio::time::timeout(DEADLINE, wait).await.expect("woken by the ack").unwrap();
+    confirmed(wait, 100);
     // Already confirmed at write level; not at apply level.
-    r.wait_for(Lsn(120), SyncLevel::RemoteWrite, &cancel).await.unwrap();
-    let mut apply = Box::pin(r.wait_for(Lsn(100), SyncLevel::RemoteApply, &cancel));
-    assert!(still_pending(&mut apply).await);
-    cancel.cancel();
-    assert_eq!(tokio::time::timeout(DEADLINE, apply).await.expect("cancelled"), Err(WaitCancelled));
+    confirmed(relayed(&r, 120, SyncLevel::RemoteWrite), 120);
+    let apply = not_yet(relayed(&r, 100, SyncLevel::RemoteApply), "replayed 10 < 100");
+    // Shutdown answers it, saying the commit is durable here, and answers later ones at once.
+    r.end_waits();
+    let e = apply.recv().expect("answered").expect_err("not confirmed");
+    assert_eq!(e.to_sql_error().code, ErrorCode::Shutdown);
+    assert!(e.to_string().contains("committed locally at 0/64"), "{e}");
+    let late = relayed(&r, 200, SyncLevel::RemoteWrite).recv().expect("answered at once");
+    assert!(late.expect_err("after shutdown").to_string().contains("committed locally at 0/C8"));
+    assert_eq!(r.queued_waits(), 0);
 }
 
-#[tokio::test]
-async fn an_ack_wakes_only_the_waits_it_satisfies() {
+#[test]
+fn an_ack_answers_only_the_commits_it_satisfies() {
     let (dir, db) = open(Config::default());
     let r = replication(&dir, &db, "FIRST 1 (a)");
-    let cancel = CancellationToken::new();
     let a = streaming(&r, "a", 1);
-    let mut apply_100 = Box::pin(r.wait_for(Lsn(100), SyncLevel::RemoteApply, &cancel));
-    let mut apply_200 = Box::pin(r.wait_for(Lsn(200), SyncLevel::RemoteApply, &cancel));
-    let mut write_150 = Box::pin(r.wait_for(Lsn(150), SyncLevel::RemoteWrite, &cancel));
-    let mut flush_150 = Box::pin(r.wait_for(Lsn(150), SyncLevel::RemoteFlush, &cancel));
-    for wait in [&mut apply_100, &mut apply_200, &mut write_150, &mut flush_150] {
-        assert!(still_pending(wait).await, "nothing confirmed yet");
-    }
+    let apply_100 = not_yet(relayed(&r, 100, SyncLevel::RemoteApply), "nothing confirmed yet");
+    let apply_200 = not_yet(relayed(&r, 200, SyncLevel::RemoteApply), "nothing confirmed yet");
+    let write_150 = not_yet(relayed(&r, 150, SyncLevel::RemoteWrite), "nothing confirmed yet");
+    let flush_150 = not_yet(relayed(&r, 150, SyncLevel::RemoteFlush), "nothing confirmed yet");
     assert_eq!(r.queued_waits(), 4);
     a.ack(StandbyPositions { received: Lsn(160), written: Lsn(160), flushed: Lsn(140), replayed: Lsn(120) });
-    tokio::time::timeout(DEADLINE, apply_100).await.expect("replayed 120 >= 100").unwrap();
-    tokio::time::timeout(DEADLINE, write_150).await.expect("written 160 >= 150").unwrap();
-    assert!(still_pending(&mut apply_200).await, "replayed 120 < 200");
-    assert!(still_pending(&mut flush_150).await, "flushed 140 < 150");
-    assert_eq!(r.queued_waits(), 2, "the woken waits left the queue");
+    confirmed(apply_100, 100);
+    confirmed(write_150, 150);
+    let apply_200 = not_yet(apply_200, "replayed 120 < 200");
+    let flush_150 = not_yet(flush_150, "flushed 140 < 150");
+    assert_eq!(r.queued_waits(), 2, "the answered commits left the queue");
 
-    // A session that stops waiting (its client left) leaves a wait that the next
-    // confirmation past it removes; a cancelled wait removes itself.
+    // A session that went away (its client left) leaves a commit that the next confirmation
+    // past it answers into the void.
     drop(apply_200);
     a.ack(at(300));
-    tokio::time::timeout(DEADLINE, flush_150).await.expect("flushed 300 >= 150").unwrap();
-    assert_eq!(r.queued_waits(), 0);
-    let mut apply_400 = Box::pin(r.wait_for(Lsn(400), SyncLevel::RemoteApply, &cancel));
-    assert!(still_pending(&mut apply_400).await);
-    cancel.cancel();
-    assert_eq!(tokio::time::timeout(DEADLINE, apply_400).await.expect("cancelled"), Err(WaitCancelled));
+    confirmed(flush_150, 150);
     assert_eq!(r.queued_waits(), 0);
 }
 
-#[tokio::test]
-async fn without_synchronous_standbys_nothing_waits() {
+#[test]
+fn without_synchronous_standbys_nothing_waits() {
     let (dir, db) = open(Config::default());
     let r = replication(&dir, &db, "");
-    let cancel = CancellationToken::new();
+    for level in ["remote_write", "remote_flush", "remote_apply"] {
+        assert!(r.commit_relay(level).is_none(), "{level}");
+    }
+    // A commit relayed before the rule stopped naming standbys is answered at once.
     for level in [SyncLevel::RemoteWrite, SyncLevel::RemoteFlush, SyncLevel::RemoteApply] {
-        tokio::time::timeout(DEADLINE, r.wait_for(Lsn(u64::MAX), level, &cancel)).await.unwrap().unwrap();
+        confirmed(relayed(&r, u64::MAX, level), u64::MAX);
     }
 }
 
-#[tokio::test]
-async fn a_disconnect_hands_the_wait_to_the_next_standby() {
+#[test]
+fn a_disconnect_hands_the_wait_to_the_next_standby() {
     let (dir, db) = open(Config::default());
     let r = replication(&dir, &db, "FIRST 1 (a, b)");
-    let cancel = CancellationToken::new();
     let a = streaming(&r, "a", 1);
     let b = streaming(&r, "b", 2);
     a.ack(at(50));
     b.ack(at(200));
-    let mut wait = Box::pin(r.wait_for(Lsn(100), SyncLevel::RemoteApply, &cancel));
-    assert!(still_pending(&mut wait).await, "a (priority 1) is at 50");
+    let wait = not_yet(relayed(&r, 100, SyncLevel::RemoteApply), "a (priority 1) is at 50");
     drop(a);
-    tokio::time::timeout(DEADLINE, wait).await.expect("woken by the disconnect").unwrap();
+    confirmed(wait, 100);
 
     // ANY 2: the second standby's confirmation completes the quorum.
     let r = replication(&dir, &db, "ANY 2 (x, y, z)");
     let x = streaming(&r, "x", 3);
     let y = streaming(&r, "y", 4);
     x.ack(at(500));
-    let mut wait = Box::pin(r.wait_for(Lsn(300), SyncLevel::RemoteWrite, &cancel));
-    assert!(still_pending(&mut wait).await);
+    let wait = not_yet(relayed(&r, 300, SyncLevel::RemoteWrite), "only x confirmed");
     y.ack(at(300));
-    tokio::time::timeout(DEADLINE, wait).await.expect("quorum reached").unwrap();
+    confirmed(wait, 300);
 }
 
 #[test]
@@ -298,18 +318,36 @@ fn standbys_are_bounded() {
 }
 
 #[test]
-fn sessions_tell_the_engine_which_commits_wait_for_standbys() {
+fn sessions_get_a_relay_for_the_level_they_wait_at() {
     let (dir, db) = open(Config::default());
     let with_rule = replication(&dir, &db, "ANY 1 (a, b)");
-    let waits = |r: &Replication, level: &str| r.commit_waits_for_standbys(level);
-    for level in ["remote_write", "remote_flush", "remote_apply"] {
-        assert!(waits(&with_rule, level), "{level} waits when synchronous standbys are named");
-    }
     for level in ["off", "local", "not_a_level"] {
-        assert!(!waits(&with_rule, level), "{level} never waits for standbys");
+        assert!(with_rule.commit_relay(level).is_none(), "{level} never waits for standbys");
     }
-    drop(with_rule);
+    // Each level's relay waits for its own position: after this acknowledgement only the
+    // remote_write commit is confirmed.
+    let a = streaming(&with_rule, "a", 1);
+    let answers: Vec<(&str, Answer)> = ["remote_write", "remote_flush", "remote_apply"]
+        .into_iter()
+        .map(|level| {
+            let relay = with_rule.commit_relay(level).expect("waits when synchronous standbys are named");
+            let info = CommitInfo { txid: TxId(1), lsn: Lsn(100), commit_time_us: 0 };
+            let (pending, answer) = PendingCommit::detached(info);
+            relay.relay(pending);
+            (level, answer)
+        })
+        .collect();
+    a.ack(StandbyPositions { received: Lsn(100), written: Lsn(100), flushed: Lsn(50), replayed: Lsn(10) });
+    let mut answers = answers.into_iter();
+    confirmed(answers.next().expect("remote_write").1, 100);
+    for (level, answer) in answers {
+        not_yet(answer, level);
+    }
+    drop((a, with_rule));
     let (dir, db) = open(Config::default());
     let without_rule = replication(&dir, &db, "");
-    assert!(!waits(&without_rule, "remote_apply"), "no synchronous standbys: nothing to wait for");
+    assert!(
+        without_rule.commit_relay("remote_apply").is_none(),
+        "no synchronous standbys: nothing to wait for"
+    );
 }

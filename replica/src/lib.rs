@@ -30,7 +30,7 @@ use hindsight_primary::server::{Server, ServerHandle};
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
-pub use receiver::RecoveryState;
+pub use receiver::{RecoveryState, StatusReporter};
 
 /// What a replica needs to know.
 #[derive(Clone, Debug)]
@@ -145,12 +145,16 @@ pub async fn start(config: ReplicaConfig) -> Result<ReplicaHandle, Error> {
         move |replication| Arc::new(host::ReplicaHost::new(host_db, host_state, replication)),
     )
     .await?;
+    // The report upstream after each publish is written on the flusher thread, right away.
+    let reporter = StatusReporter::new(&db);
+    let on_publish = Arc::clone(&reporter);
+    db.add_publish_hook(Arc::new(move |_| on_publish.report()));
     let stop_receiver = CancellationToken::new();
     let receiver = tokio::spawn(receiver::run(
         db,
         config,
         Arc::clone(&state),
-        server.published(),
+        reporter,
         connection,
         stop_receiver.clone(),
     ));

@@ -2,17 +2,24 @@
 //! Lsn ladder back (received ≥ written ≥ flushed ≥ replayed) after every publish, so the
 //! upstream measures lag from real acknowledgements. Reconnects with capped exponential backoff
 //! when the link drops or the upstream restarts; the reason is shown in SHOW RECOVERY.
+//!
+//! The report after a publish is written by the engine's flusher thread itself, straight after
+//! the fdatasync that made the WAL durable ([`StatusReporter`], a publish hook): the
+//! acknowledgement a `remote_apply` commit waits for does not wait for this task to wake.
 
-use std::sync::Arc;
+use std::io::Write;
+use std::os::fd::AsFd;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Weak};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use futures::{SinkExt, StreamExt};
 use hindsight_engine::Database;
 use hindsight_protocol::wire::{server_message::Msg, StandbyStatus, StartReplication, Terminate};
-use hindsight_protocol::{ClientCodec, ClientMessage, Lsn};
+use hindsight_protocol::{encode_frame, ClientCodec, ClientMessage, Lsn};
 use parking_lot::Mutex;
 use tokio::net::TcpStream;
-use tokio::sync::watch;
+use tokio::sync::Notify;
 use tokio_util::codec::Framed;
 use tokio_util::sync::CancellationToken;
 
@@ -81,13 +88,154 @@ fn now_us() -> i64 {
     SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_micros() as i64).unwrap_or(0)
 }
 
+/// Writes `StandbyStatus` reports upstream from whichever thread has one: the engine's flusher
+/// after every publish (a publish hook), or the receiver task (keepalive replies, the periodic
+/// report). A report is one whole frame written without blocking on a duplicate of the
+/// connection's socket; what the socket does not take at once waits in `backlog`, which the
+/// receiver task writes before anything else, so frames never interleave.
+#[derive(Debug)]
+pub struct StatusReporter {
+    /// Weak: the database holds this reporter in its publish hooks.
+    db: Weak<Database>,
+    /// The end of the WAL received (handed to the engine) on the current connection.
+    received: AtomicU64,
+    link: Mutex<Link>,
+    /// Signalled when `link.backlog` has bytes, or `link.failed` a reason.
+    backlog_waiting: Notify,
+}
+
+#[derive(Debug, Default)]
+struct Link {
+    /// A duplicate of the streaming connection's socket (non-blocking, as the original);
+    /// `None` while not streaming.
+    socket: Option<std::net::TcpStream>,
+    /// Bytes of reports the socket did not take yet, oldest first.
+    backlog: Vec<u8>,
+    /// Why a write failed; the receiver task ends the connection with it.
+    failed: Option<String>,
+}
+
+impl StatusReporter {
+    pub(crate) fn new(db: &Arc<Database>) -> Arc<StatusReporter> {
+        Arc::new(StatusReporter {
+            db: Arc::downgrade(db),
+            received: AtomicU64::new(0),
+            link: Mutex::new(Link::default()),
+            backlog_waiting: Notify::new(),
+        })
+    }
+
+    /// Reports go to `upstream` from now on (after its StartReplication).
+    fn attach(&self, upstream: &TcpStream, received: Lsn) -> Result<(), String> {
+        let fd = upstream.as_fd().try_clone_to_owned().map_err(|e| format!("duplicate the socket: {e}"))?;
+        self.received.store(received.0, Ordering::Release);
+        *self.link.lock() = Link { socket: Some(std::net::TcpStream::from(fd)), ..Link::default() };
+        Ok(())
+    }
+
+    /// The connection ended: reports stop until the next `attach`.
+    fn detach(&self) {
+        *self.link.lock() = Link::default();
+    }
+
+    fn set_received(&self, received: Lsn) {
+        self.received.store(received.0, Ordering::Release);
+    }
+
+    /// Reports the Lsn ladder upstream now, if streaming. Never blocks.
+    pub fn report(&self) {
+        if self.link.lock().socket.is_none() {
+            return;
+        }
+        let Some(db) = self.db.upgrade() else { return };
+        let s = db.status();
+        let replayed = s.visible_lsn;
+        let flushed = s.flushed_lsn.max(replayed);
+        let written = s.insert_lsn.max(flushed);
+        let received = Lsn(self.received.load(Ordering::Acquire)).max(written);
+        let status = StandbyStatus {
+            received_lsn: received.0,
+            written_lsn: written.0,
+            flushed_lsn: flushed.0,
+            replayed_lsn: replayed.0,
+            client_time_us: now_us(),
+            reply_requested: false,
+        };
+        self.send(&ClientMessage::from(status));
+    }
+
+    /// Writes one message's frame, or queues what the socket does not take. Never blocks.
+    fn send(&self, message: &ClientMessage) {
+        let frame = match encode_frame(message) {
+            Ok(frame) => frame,
+            Err(e) => {
+                tracing::error!(error = %e, "could not encode a message for the upstream");
+                return;
+            }
+        };
+        let mut link = self.link.lock();
+        let Link { socket: Some(socket), backlog, failed } = &mut *link else { return };
+        if !backlog.is_empty() || failed.is_some() {
+            backlog.extend_from_slice(&frame);
+            return;
+        }
+        let mut written = 0;
+        while written < frame.len() {
+            match socket.write(&frame[written..]) {
+                Ok(0) => {
+                    *failed = Some("the upstream connection closed".into());
+                    break;
+                }
+                Ok(n) => written += n,
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                    backlog.extend_from_slice(&frame[written..]);
+                    break;
+                }
+                Err(e) => {
+                    *failed = Some(format!("send a status report: {e}"));
+                    break;
+                }
+            }
+        }
+        if !backlog.is_empty() || failed.is_some() {
+            drop(link);
+            self.backlog_waiting.notify_one();
+        }
+    }
+
+    /// Writes the backlog through the connection's own socket, waiting for it to take it.
+    async fn drain(&self, upstream: &TcpStream) -> Result<(), String> {
+        loop {
+            {
+                let mut link = self.link.lock();
+                if let Some(why) = link.failed.take() {
+                    return Err(why);
+                }
+                if link.backlog.is_empty() {
+                    return Ok(());
+                }
+                match upstream.try_write(&link.backlog) {
+                    Ok(n) => {
+                        link.backlog.drain(..n);
+                        continue;
+                    }
+                    Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
+                    Err(e) => return Err(format!("send a status report: {e}")),
+                }
+            }
+            upstream.writable().await.map_err(|e| format!("send a status report: {e}"))?;
+        }
+    }
+}
+
 /// Runs until `stop`: streams, and on any failure waits (50 ms doubling to 5 s) and reconnects.
 /// `connection` is the bootstrap's connection, already positioned at the backup Lsn.
 pub(crate) async fn run(
     db: Arc<Database>,
     config: ReplicaConfig,
     state: Arc<RecoveryState>,
-    mut published: watch::Receiver<Lsn>,
+    reporter: Arc<StatusReporter>,
     mut connection: Option<Upstream>,
     stop: CancellationToken,
 ) {
@@ -106,7 +254,9 @@ pub(crate) async fn run(
         };
         let outcome = match upstream {
             Ok(upstream) => {
-                stream(&db, &config, &state, &mut published, upstream, &mut received, &stop).await
+                let streamed = stream(&db, &config, &state, &reporter, upstream, &mut received, &stop).await;
+                reporter.detach();
+                streamed
             }
             Err(e) => Err((e, false)),
         };
@@ -142,7 +292,7 @@ async fn stream(
     db: &Arc<Database>,
     config: &ReplicaConfig,
     state: &RecoveryState,
-    published: &mut watch::Receiver<Lsn>,
+    reporter: &StatusReporter,
     mut upstream: Upstream,
     received: &mut Lsn,
     stop: &CancellationToken,
@@ -156,6 +306,8 @@ async fn stream(
     let mut streamed = false;
     let fail = |e: String, streamed: bool| (e, streamed);
     upstream.send(ClientMessage::from(start)).await.map_err(|e| fail(e.to_string(), false))?;
+    // From here on every message upstream goes through the reporter, so frames never interleave.
+    reporter.attach(upstream.get_ref(), *received).map_err(|e| fail(e, false))?;
     state.set_phase("streaming");
     tracing::info!(upstream = %config.primary, start = %received, "streaming WAL");
     let mut status_timer = tokio::time::interval(STATUS_INTERVAL);
@@ -164,7 +316,8 @@ async fn stream(
         tokio::select! {
             biased;
             () = stop.cancelled() => {
-                let _ = upstream.send(ClientMessage::from(Terminate {})).await;
+                // Best effort: an upstream that is not reading does not hold up the stop.
+                reporter.send(&ClientMessage::from(Terminate {}));
                 return Ok(());
             }
             message = upstream.next() => {
@@ -189,6 +342,7 @@ async fn stream(
                         };
                         applied.map_err(|e| fail(format!("replay stopped: {e}"), streamed))?;
                         *received = start.add(len);
+                        reporter.set_received(*received);
                         if !streamed {
                             streamed = true;
                             state.info.lock().last_error = None;
@@ -204,7 +358,7 @@ async fn stream(
                             info.received_lsn = *received;
                         }
                         if k.reply_requested {
-                            send_status(db, &mut upstream, *received).await.map_err(|e| fail(e, streamed))?;
+                            reporter.report();
                         }
                     }
                     Some(Msg::Error(e)) => {
@@ -217,36 +371,76 @@ async fn stream(
                     _ => return Err(fail("unexpected message while streaming".into(), streamed)),
                 }
             }
-            changed = published.changed() => {
-                if changed.is_err() {
-                    return Ok(());
-                }
-                send_status(db, &mut upstream, *received).await.map_err(|e| fail(e, streamed))?;
+            () = reporter.backlog_waiting.notified() => {
+                reporter.drain(upstream.get_ref()).await.map_err(|e| fail(e, streamed))?;
             }
             _ = status_timer.tick() => {
                 if last_heard.elapsed() > UPSTREAM_TIMEOUT {
                     return Err(fail(format!("the upstream was silent for {} s", UPSTREAM_TIMEOUT.as_secs()), streamed));
                 }
-                send_status(db, &mut upstream, *received).await.map_err(|e| fail(e, streamed))?;
+                reporter.report();
             }
         }
     }
 }
 
-/// Reports the Lsn ladder upstream.
-async fn send_status(db: &Database, upstream: &mut Upstream, received: Lsn) -> Result<(), String> {
-    let s = db.status();
-    let replayed = s.visible_lsn;
-    let flushed = s.flushed_lsn.max(replayed);
-    let written = s.insert_lsn.max(flushed);
-    let received = received.max(written);
-    let status = StandbyStatus {
-        received_lsn: received.0,
-        written_lsn: written.0,
-        flushed_lsn: flushed.0,
-        replayed_lsn: replayed.0,
-        client_time_us: now_us(),
-        reply_requested: false,
-    };
-    upstream.send(ClientMessage::from(status)).await.map_err(|e| e.to_string())
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use hindsight_protocol::wire::client_message::Msg as ClientMsg;
+    use hindsight_protocol::ServerCodec;
+
+    fn status(n: u64) -> ClientMessage {
+        ClientMessage::from(StandbyStatus {
+            received_lsn: n,
+            written_lsn: n,
+            flushed_lsn: n,
+            replayed_lsn: n,
+            client_time_us: 0,
+            reply_requested: false,
+        })
+    }
+
+    #[tokio::test]
+    async fn reports_the_socket_cannot_take_wait_whole_and_in_order() {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let client = TcpStream::connect(listener.local_addr().unwrap()).await.unwrap();
+        let (server, _) = listener.accept().await.unwrap();
+        let reporter = StatusReporter {
+            db: Weak::new(),
+            received: AtomicU64::new(0),
+            link: Mutex::new(Link::default()),
+            backlog_waiting: Notify::new(),
+        };
+        reporter.attach(&client, Lsn(0)).unwrap();
+        // Nobody reads yet: send until the socket refuses part of a report.
+        let mut sent = 0u64;
+        while reporter.link.lock().backlog.is_empty() {
+            sent += 1;
+            assert!(sent < 10_000_000, "the socket never filled");
+            reporter.send(&status(sent));
+        }
+        // Later reports queue behind the backlog, never ahead of it.
+        for _ in 0..10 {
+            sent += 1;
+            reporter.send(&status(sent));
+        }
+        let reader = tokio::spawn(async move {
+            let mut frames = Framed::new(server, ServerCodec::new());
+            let mut got = Vec::new();
+            while (got.len() as u64) < sent {
+                match frames.next().await.expect("a frame").expect("a whole frame").msg {
+                    Some(ClientMsg::StandbyStatus(s)) => got.push(s.received_lsn),
+                    other => panic!("unexpected {other:?}"),
+                }
+            }
+            got
+        });
+        tokio::time::timeout(Duration::from_secs(10), reporter.backlog_waiting.notified())
+            .await
+            .expect("the backlog was signalled");
+        tokio::time::timeout(Duration::from_secs(10), reporter.drain(&client)).await.unwrap().unwrap();
+        let got = tokio::time::timeout(Duration::from_secs(10), reader).await.unwrap().unwrap();
+        assert_eq!(got, (1..=sent).collect::<Vec<_>>(), "every report, whole and in order");
+    }
 }

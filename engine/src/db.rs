@@ -823,6 +823,17 @@ impl Database {
         }
     }
 
+    /// The Lsn ladder a replica reports upstream, `(written, flushed, replayed)`: its insert,
+    /// flushed and visible Lsns, read from atomics and one short lock (cheaper than
+    /// [`status`](Database::status), which also counts rows; a replica reports after every
+    /// publish).
+    pub fn lsn_ladder(&self) -> (Lsn, Lsn, Lsn) {
+        let visible = self.shared.published.lock().lsn;
+        let flushed = Lsn(self.shared.flushed_lsn.load(Ordering::Acquire));
+        let insert = Lsn(self.shared.insert_lsn.load(Ordering::Acquire));
+        (insert, flushed, visible)
+    }
+
     /// Stops the committer after it finishes what is queued; every acknowledged commit is
     /// durable already. Later calls fail with `Shutdown`. Idempotent.
     pub fn shutdown(&self) {

@@ -91,8 +91,16 @@ fn now_us() -> i64 {
 /// Writes `StandbyStatus` reports upstream from whichever thread has one: the engine's flusher
 /// after every publish (a publish hook), or the receiver task (keepalive replies, the periodic
 /// report). A report is one whole frame written without blocking on a duplicate of the
-/// connection's socket; what the socket does not take at once waits in `backlog`, which the
-/// receiver task writes before anything else, so frames never interleave.
+/// connection's socket; what the socket does not take at once waits in the link's backlog,
+/// which the receiver task writes before anything else, so frames never interleave.
+///
+/// Invariants:
+/// - While `link.started` or `link.next` holds bytes, only [`StatusReporter::drain`] writes
+///   to the socket, and a wake-up of `backlog_waiting` is pending or `drain` is running.
+/// - The backlog is at most two frames: the rest of one partly written, and the newest not
+///   started (reports are cumulative, so a newer one replaces an older one unsent).
+/// - Reports may leave in a different order than their positions were read (the flusher and
+///   the receiver task both send); the upstream keeps the highest positions it was told.
 #[derive(Debug)]
 pub struct StatusReporter {
     /// Weak: the database holds this reporter in its publish hooks.
@@ -100,7 +108,7 @@ pub struct StatusReporter {
     /// The end of the WAL received (handed to the engine) on the current connection.
     received: AtomicU64,
     link: Mutex<Link>,
-    /// Signalled when `link.backlog` has bytes, or `link.failed` a reason.
+    /// Signalled when the link's backlog has bytes, or `link.failed` a reason.
     backlog_waiting: Notify,
 }
 
@@ -109,8 +117,10 @@ struct Link {
     /// A duplicate of the streaming connection's socket (non-blocking, as the original);
     /// `None` while not streaming.
     socket: Option<std::net::TcpStream>,
-    /// Bytes of reports the socket did not take yet, oldest first.
-    backlog: Vec<u8>,
+    /// The rest of a frame the socket took only part of: goes out first.
+    started: Vec<u8>,
+    /// The newest frame not started yet.
+    next: Option<bytes::Bytes>,
     /// Why a write failed; the receiver task ends the connection with it.
     failed: Option<String>,
 }
@@ -148,10 +158,9 @@ impl StatusReporter {
             return;
         }
         let Some(db) = self.db.upgrade() else { return };
-        let s = db.status();
-        let replayed = s.visible_lsn;
-        let flushed = s.flushed_lsn.max(replayed);
-        let written = s.insert_lsn.max(flushed);
+        let (written, flushed, replayed) = db.lsn_ladder();
+        let flushed = flushed.max(replayed);
+        let written = written.max(flushed);
         let received = Lsn(self.received.load(Ordering::Acquire)).max(written);
         let status = StandbyStatus {
             received_lsn: received.0,
@@ -174,9 +183,9 @@ impl StatusReporter {
             }
         };
         let mut link = self.link.lock();
-        let Link { socket: Some(socket), backlog, failed } = &mut *link else { return };
-        if !backlog.is_empty() || failed.is_some() {
-            backlog.extend_from_slice(&frame);
+        let Link { socket: Some(socket), started, next, failed } = &mut *link else { return };
+        if !started.is_empty() || next.is_some() || failed.is_some() {
+            *next = Some(frame);
             return;
         }
         let mut written = 0;
@@ -189,7 +198,10 @@ impl StatusReporter {
                 Ok(n) => written += n,
                 Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
                 Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
-                    backlog.extend_from_slice(&frame[written..]);
+                    match written {
+                        0 => *next = Some(frame),
+                        _ => *started = frame[written..].to_vec(),
+                    }
                     break;
                 }
                 Err(e) => {
@@ -198,7 +210,7 @@ impl StatusReporter {
                 }
             }
         }
-        if !backlog.is_empty() || failed.is_some() {
+        if !started.is_empty() || next.is_some() || failed.is_some() {
             drop(link);
             self.backlog_waiting.notify_one();
         }
@@ -212,12 +224,15 @@ impl StatusReporter {
                 if let Some(why) = link.failed.take() {
                     return Err(why);
                 }
-                if link.backlog.is_empty() {
-                    return Ok(());
+                if link.started.is_empty() {
+                    match link.next.take() {
+                        Some(frame) => link.started = frame.to_vec(),
+                        None => return Ok(()),
+                    }
                 }
-                match upstream.try_write(&link.backlog) {
+                match upstream.try_write(&link.started) {
                     Ok(n) => {
-                        link.backlog.drain(..n);
+                        link.started.drain(..n);
                         continue;
                     }
                     Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
@@ -320,6 +335,17 @@ async fn stream(
                 reporter.send(&ClientMessage::from(Terminate {}));
                 return Ok(());
             }
+            // Reports the socket did not take go out before more WAL is read, so the upstream
+            // hears them soon; an upstream that takes none for UPSTREAM_TIMEOUT is dropped.
+            () = reporter.backlog_waiting.notified() => {
+                tokio::select! {
+                    () = stop.cancelled() => return Ok(()),
+                    drained = tokio::time::timeout(UPSTREAM_TIMEOUT, reporter.drain(upstream.get_ref())) => match drained {
+                        Ok(drained) => drained.map_err(|e| fail(e, streamed))?,
+                        Err(_) => return Err(fail(format!("the upstream took no status report for {} s", UPSTREAM_TIMEOUT.as_secs()), streamed)),
+                    },
+                }
+            }
             message = upstream.next() => {
                 last_heard = Instant::now();
                 let message = match message {
@@ -371,9 +397,6 @@ async fn stream(
                     _ => return Err(fail("unexpected message while streaming".into(), streamed)),
                 }
             }
-            () = reporter.backlog_waiting.notified() => {
-                reporter.drain(upstream.get_ref()).await.map_err(|e| fail(e, streamed))?;
-            }
             _ = status_timer.tick() => {
                 if last_heard.elapsed() > UPSTREAM_TIMEOUT {
                     return Err(fail(format!("the upstream was silent for {} s", UPSTREAM_TIMEOUT.as_secs()), streamed));
@@ -415,12 +438,17 @@ mod tests {
         reporter.attach(&client, Lsn(0)).unwrap();
         // Nobody reads yet: send until the socket refuses part of a report.
         let mut sent = 0u64;
-        while reporter.link.lock().backlog.is_empty() {
+        let backlogged = |r: &StatusReporter| {
+            let link = r.link.lock();
+            !link.started.is_empty() || link.next.is_some()
+        };
+        while !backlogged(&reporter) {
             sent += 1;
             assert!(sent < 10_000_000, "the socket never filled");
             reporter.send(&status(sent));
         }
-        // Later reports queue behind the backlog, never ahead of it.
+        let first_refused = sent;
+        // Later reports wait behind the backlog, never ahead of it, and only the newest waits.
         for _ in 0..10 {
             sent += 1;
             reporter.send(&status(sent));
@@ -428,7 +456,7 @@ mod tests {
         let reader = tokio::spawn(async move {
             let mut frames = Framed::new(server, ServerCodec::new());
             let mut got = Vec::new();
-            while (got.len() as u64) < sent {
+            while got.last() != Some(&sent) {
                 match frames.next().await.expect("a frame").expect("a whole frame").msg {
                     Some(ClientMsg::StandbyStatus(s)) => got.push(s.received_lsn),
                     other => panic!("unexpected {other:?}"),
@@ -441,6 +469,12 @@ mod tests {
             .expect("the backlog was signalled");
         tokio::time::timeout(Duration::from_secs(10), reporter.drain(&client)).await.unwrap().unwrap();
         let got = tokio::time::timeout(Duration::from_secs(10), reader).await.unwrap().unwrap();
-        assert_eq!(got, (1..=sent).collect::<Vec<_>>(), "every report, whole and in order");
+        // Every report before the refusal, the refused one if the socket took part of it, then
+        // the newest: whole frames, in order.
+        let (last, before) = got.split_last().expect("reports arrived");
+        assert_eq!(*last, sent);
+        let k = before.len() as u64;
+        assert!(k == first_refused || k == first_refused - 1, "{k} reports before the newest");
+        assert_eq!(before, (1..=k).collect::<Vec<_>>());
     }
 }

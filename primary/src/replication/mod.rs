@@ -9,11 +9,11 @@
 //!   [`StandbyHandle::sent`], and [`StandbyHandle::ack`] for each `StandbyStatus`.
 //! - Out: commits at `remote_write`/`remote_flush`/`remote_apply` reach
 //!   [`Replication::relay`] from the engine's flusher once durable (through the per-level
-//!   relay [`ReplicationHost::commit_relay`] gives their sessions), queued by Lsn; when the
-//!   confirmed positions move, only the commits they satisfy are answered (never by polling,
-//!   never all of them on every acknowledgement). The session's thread sleeps once per
-//!   commit, from its COMMIT until the standbys confirmed it. SQL sessions read and change the state through the
-//!   [`ReplicationHost`] implementation: `SHOW REPLICATION`,
+//!   relay that [`ReplicationHost::commit_relay`] gives their sessions), queued by Lsn; when
+//!   the confirmed positions move, only the commits they satisfy are answered (never by
+//!   polling, never all of them on every acknowledgement). The session's thread sleeps once
+//!   per commit, from its COMMIT until the standbys confirmed it. SQL sessions read and change
+//!   the state through the [`ReplicationHost`] implementation: `SHOW REPLICATION`,
 //!   `CREATE`/`DROP REPLICATION SLOT`. Slots go to `DATA_DIR/replication_slots` ([`slots`]),
 //!   and WAL the standbys still need is kept through engine WAL holds: `slot:<name>` per slot
 //!   and `walsender:<n>` per connection, both capped by `max_slot_wal_keep_bytes`.

@@ -720,11 +720,17 @@ impl Database {
     /// flushes, replays and publishes them; blocks while [`WAL_QUEUE_MAX`] slices wait. Fails
     /// once replay has stopped on bad WAL (the reason is in [`Status::replay_error`]).
     pub fn apply_wal(&self, start: Lsn, bytes: Vec<u8>) -> Result<()> {
-        assert!(self.standby, "apply_wal on a primary");
-        if let Some(why) = self.shared.replay_error.lock().clone() {
-            return Err(Error::Poisoned(why));
-        }
+        self.check_replaying()?;
         self.wal_tx.send((start, bytes)).map_err(|_| Error::Shutdown)
+    }
+
+    /// Refuses WAL input on a primary (a bug) and once replay has stopped on bad WAL.
+    fn check_replaying(&self) -> Result<()> {
+        assert!(self.standby, "WAL input on a primary");
+        match self.shared.replay_error.lock().clone() {
+            Some(why) => Err(Error::Poisoned(why)),
+            None => Ok(()),
+        }
     }
 
     /// [`apply_wal`](Database::apply_wal) without blocking: `Ok(Some(bytes))` gives the slice
@@ -732,10 +738,7 @@ impl Database {
     /// `apply_wal` where it may block. An async receiver calls this first, so its worker
     /// thread is handed over (`block_in_place`) only under back-pressure, not once per slice.
     pub fn try_apply_wal(&self, start: Lsn, bytes: Vec<u8>) -> Result<Option<Vec<u8>>> {
-        assert!(self.standby, "try_apply_wal on a primary");
-        if let Some(why) = self.shared.replay_error.lock().clone() {
-            return Err(Error::Poisoned(why));
-        }
+        self.check_replaying()?;
         match self.wal_tx.try_send((start, bytes)) {
             Ok(()) => Ok(None),
             Err(crossbeam_channel::TrySendError::Full((_, bytes))) => Ok(Some(bytes)),

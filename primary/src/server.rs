@@ -129,7 +129,6 @@ impl Server {
         }));
         let shutdown = CancellationToken::new();
         let tracker = TaskTracker::new();
-        let shared_published = published.clone();
         let shared = Arc::new(Shared {
             db: Arc::clone(&db),
             auth,
@@ -164,7 +163,6 @@ impl Server {
             accept_task: Some(accept_task),
             admin_secret,
             replication,
-            published: shared_published,
         })
     }
 }
@@ -181,15 +179,9 @@ pub struct ServerHandle {
     accept_task: Option<JoinHandle<()>>,
     admin_secret: AdminSecretSource,
     replication: Arc<Replication>,
-    published: tokio::sync::watch::Receiver<Lsn>,
 }
 
 impl ServerHandle {
-    /// The newest visible Lsn, bumped after every publish.
-    pub fn published(&self) -> tokio::sync::watch::Receiver<Lsn> {
-        self.published.clone()
-    }
-
     /// The replication registry (standbys, slots, synchronous waits).
     pub fn replication(&self) -> &Arc<Replication> {
         &self.replication

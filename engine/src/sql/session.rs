@@ -356,7 +356,6 @@ impl Session {
             }
         }
         let status = || db.status();
-        let after = self.after_commit();
         match &mut self.block {
             Some(block) => {
                 let start_us = block.start_us;
@@ -369,6 +368,7 @@ impl Session {
                 let env = Env::new(txn.start_us, &status);
                 let out = f(&mut txn, &env, &mut self.stats)?;
                 let info = if txn.has_writes() {
+                    let after = self.after_commit();
                     Some(db.commit_then(txn.into_write_set(), after).map_err(|e| e.to_sql_error())?)
                 } else {
                     None

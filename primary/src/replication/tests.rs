@@ -35,10 +35,14 @@ type Answer = ReplyRx<hindsight_engine::Result<CommitInfo>>;
 /// Relays a durable commit ending at `lsn`, as the engine's flusher does; returns where its
 /// answer arrives.
 fn relayed(r: &Replication, lsn: u64, level: SyncLevel) -> Answer {
-    let info = CommitInfo { txid: TxId(1), lsn: Lsn(lsn), commit_time_us: 0 };
-    let (pending, answer) = PendingCommit::detached(info);
+    let (pending, answer) = durable_at(lsn);
     r.relay(level, pending);
     answer
+}
+
+/// A durable commit ending at `lsn`, not relayed yet, and where its answer arrives.
+fn durable_at(lsn: u64) -> (PendingCommit, Answer) {
+    PendingCommit::detached(CommitInfo { txid: TxId(1), lsn: Lsn(lsn), commit_time_us: 0 })
 }
 
 /// Checks the commit is not answered yet, and gives its answer slot back.
@@ -331,8 +335,7 @@ fn sessions_get_a_relay_for_the_level_they_wait_at() {
         .into_iter()
         .map(|level| {
             let relay = with_rule.commit_relay(level).expect("waits when synchronous standbys are named");
-            let info = CommitInfo { txid: TxId(1), lsn: Lsn(100), commit_time_us: 0 };
-            let (pending, answer) = PendingCommit::detached(info);
+            let (pending, answer) = durable_at(100);
             relay.relay(pending);
             (level, answer)
         })

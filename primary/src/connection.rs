@@ -88,7 +88,12 @@ pub(crate) enum Incoming {
 }
 
 pub(crate) async fn recv(transport: &mut Transport) -> Incoming {
-    match transport.next().await {
+    incoming(transport.next().await)
+}
+
+/// What a read from the transport gave, as an [`Incoming`].
+pub(crate) fn incoming(read: Option<hindsight_protocol::Result<ClientMessage>>) -> Incoming {
+    match read {
         None => Incoming::Eof,
         Some(Ok(message)) => Incoming::Message(message),
         Some(Err(hindsight_protocol::Error::Io(e))) => Incoming::Failed(e),

@@ -25,6 +25,8 @@
 //! - [`replication`]: connected standbys, their positions and lag, replication slots
 //!   (`DATA_DIR/replication_slots`), and synchronous commit waits.
 //! - `walsender`: a replication connection's server side: base backups and WAL streaming.
+//! - [`sidewrite`]: writing frames to a connection from the engine's flusher thread without
+//!   blocking (the WAL sender's push here, a replica's status reports).
 //!
 //! Not here yet (later milestones): the archiver.
 
@@ -38,6 +40,7 @@ mod error;
 pub mod ready;
 pub mod replication;
 pub mod server;
+pub mod sidewrite;
 mod walsender;
 
 pub use auth::Role;

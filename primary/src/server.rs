@@ -19,7 +19,6 @@ use std::time::Duration;
 
 use hindsight_engine::sql::ReplicationHost;
 use hindsight_engine::Database;
-use hindsight_protocol::Lsn;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio::task::JoinHandle;
@@ -58,8 +57,6 @@ pub(crate) struct Shared {
     pub replication: Arc<Replication>,
     /// What sessions' replication statements run against.
     pub host: Arc<dyn ReplicationHost>,
-    /// The newest visible Lsn, bumped after every publish: WAL senders wait on it.
-    pub published: tokio::sync::watch::Receiver<Lsn>,
     /// The sessions' default `synchronous_commit` (a stored setting value).
     pub synchronous_commit: &'static str,
 }
@@ -117,7 +114,6 @@ impl Server {
             .local_addr()
             .map_err(|e| Error::io(format!("read the address of {}", config.listen), e))?;
         let replication = Replication::new(Arc::clone(&db), data_dir, &config.synchronous_standbys)?;
-        let (published_tx, published) = tokio::sync::watch::channel(db.status().visible_lsn);
         // Weak: the registry holds the database, so a strong reference here would be a cycle
         // that keeps the database (and its directory lock) alive after shutdown.
         let on_publish = Arc::downgrade(&replication);
@@ -125,7 +121,6 @@ impl Server {
             if let Some(replication) = on_publish.upgrade() {
                 replication.on_published(lsn);
             }
-            published_tx.send_replace(lsn);
         }));
         let shutdown = CancellationToken::new();
         let tracker = TaskTracker::new();
@@ -135,7 +130,6 @@ impl Server {
             shutdown: shutdown.clone(),
             host: host(Arc::clone(&replication)),
             replication: Arc::clone(&replication),
-            published,
             synchronous_commit: config.synchronous_commit.as_str(),
         });
         let accept = AcceptLoop {

@@ -15,23 +15,28 @@
 //! until the replica streams from it on the same connection.
 
 use std::net::SocketAddr;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::task::Poll;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
 use futures::{SinkExt, StreamExt};
 use hindsight_engine::backup::encode_snapshot;
 use hindsight_engine::wal::reader::{RawReadError, RawWalReader};
+use hindsight_engine::Database;
 use hindsight_protocol::wire::{
     client_message::Msg, BackupChunk, BackupStart, Keepalive, StartReplication, WalData,
 };
 use hindsight_protocol::{
-    error_code, ClientMessage, Lsn, ServerMessage, BACKUP_CHUNK_LEN_MAX, WAL_DATA_LEN_MAX,
+    encode_frame, error_code, ClientMessage, Lsn, ServerMessage, BACKUP_CHUNK_LEN_MAX, WAL_DATA_LEN_MAX,
 };
-use tokio::sync::mpsc;
+use tokio::net::TcpStream;
+use tokio::sync::{mpsc, Notify};
 
-use crate::connection::{recv, refuse, refuse_shutting_down, Incoming, Transport};
+use crate::connection::{incoming, recv, refuse, refuse_shutting_down, Incoming, Transport};
 use crate::replication::{StandbyHandle, StandbyPositions, StandbyState};
 use crate::server::Shared;
+use crate::sidewrite::SideWriter;
 
 /// Sent when no WAL flowed for this long, asking the standby to report.
 pub const KEEPALIVE_INTERVAL: Duration = Duration::from_secs(1);
@@ -217,6 +222,199 @@ impl std::io::Write for ChunkSink {
     }
 }
 
+/// The largest span of new WAL the publish hook sends itself; a longer one is left to the WAL
+/// sender task, so a catch-up read never holds up the engine's flusher.
+pub const PUSH_BYTES_MAX: u64 = 256 * 1024;
+
+const _: () = assert!(PUSH_BYTES_MAX <= WAL_DATA_LEN_MAX as u64, "a push is one frame");
+
+/// A streaming connection's send side, shared by its WAL sender task and the publish hook that
+/// runs on the engine's flusher thread after every publish ([`WalPush::on_published`]).
+///
+/// In the steady state the hook writes each new span of durable WAL as one `WalData` frame
+/// itself, on a duplicate of the socket, without blocking: the task stays asleep, so a commit
+/// reaches its standbys without a thread hand-off. Whatever the hook cannot do at once (the
+/// task holds the lock, the socket is full, the span is long, a read failed) it leaves to the
+/// task and wakes it; the task then sends frame by frame as before, catching up.
+///
+/// Invariants:
+/// - `pos` is the end of the WAL sent (whole frames, or frames whose rest is in the writer's
+///   backlog); both sides send from `pos` under the lock, so every byte is sent once, in order.
+/// - Once `closed` is set the hook writes nothing more, so the task may use the connection's
+///   own writer for a last error frame after draining the backlog.
+pub(crate) struct WalPush {
+    state: Mutex<PushState>,
+    /// Wakes the task: a backlog to drain, a failure, or WAL the hook left to it.
+    wake: Notify,
+}
+
+impl std::fmt::Debug for WalPush {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // try_lock: Debug must never wait for (or deadlock on) the task's lock.
+        f.debug_struct("WalPush").field("pos", &self.state.try_lock().map(|s| s.pos).ok()).finish()
+    }
+}
+
+struct PushState {
+    writer: SideWriter,
+    reader: RawWalReader,
+    pos: Lsn,
+    closed: bool,
+}
+
+/// What one [`WalPush::step`] of the task did.
+enum Step {
+    /// One frame went out (or into the backlog); the WAL sent now ends here.
+    Sent(Lsn),
+    /// The socket is full: wait until it is writable.
+    Blocked,
+    /// Everything durable was sent; the hook sends what comes next.
+    CaughtUp,
+}
+
+/// Why a step of the task could not go on.
+enum StepError {
+    Read(RawReadError),
+    Send(String),
+}
+
+fn lock(m: &Mutex<PushState>) -> MutexGuard<'_, PushState> {
+    m.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+impl PushState {
+    /// Reads the WAL from `pos` toward `flushed` (one frame's worth) and encodes it as a
+    /// `WalData` frame; `pos` moves past it only when both worked.
+    fn next_frame(&mut self, flushed: Lsn) -> Result<Bytes, StepError> {
+        let mut data = Vec::new();
+        let n = self.reader.read(self.pos, flushed, WAL_DATA_LEN_MAX, &mut data).map_err(StepError::Read)?;
+        let message = WalData {
+            start_lsn: self.pos.0,
+            data: Bytes::from(data),
+            server_flush_lsn: flushed.0,
+            server_time_us: now_us(),
+        };
+        let frame =
+            encode_frame(&ServerMessage::from(message)).map_err(|e| StepError::Send(e.to_string()))?;
+        self.pos = self.pos.add(n as u64);
+        Ok(frame)
+    }
+}
+
+impl WalPush {
+    fn new(writer: SideWriter, reader: RawWalReader, pos: Lsn) -> WalPush {
+        WalPush { state: Mutex::new(PushState { writer, reader, pos, closed: false }), wake: Notify::new() }
+    }
+
+    /// The publish hook's part, on the flusher thread: sends the new durable WAL now if that
+    /// is quick, else wakes the task to. Never blocks (it only tries the lock). Returns the end
+    /// of the WAL sent when it sent a frame.
+    pub(crate) fn on_published(&self, db: &Database) -> Option<Lsn> {
+        let mut s = match self.state.try_lock() {
+            Ok(s) => s,
+            Err(_) => {
+                // The task is sending; it looks at the durable end again before it sleeps.
+                self.wake.notify_one();
+                return None;
+            }
+        };
+        let flushed = db.flushed_lsn();
+        if s.closed || s.pos >= flushed {
+            return None;
+        }
+        if !s.writer.is_clear() || flushed.0 - s.pos.0 > PUSH_BYTES_MAX {
+            drop(s);
+            self.wake.notify_one();
+            return None;
+        }
+        let (sent, whole) = match s.next_frame(flushed) {
+            Ok(frame) => {
+                let whole = s.writer.write(&frame, "WAL");
+                (Some(s.pos), whole)
+            }
+            Err(_) => (None, false),
+        };
+        drop(s);
+        // A backlog, a failure or a read error: the task handles each (it reads again and
+        // reports a read error to the standby).
+        if !whole {
+            self.wake.notify_one();
+        }
+        sent
+    }
+
+    /// The end of the WAL sent.
+    fn pos(&self) -> Lsn {
+        lock(&self.state).pos
+    }
+
+    /// The task's part: drains the backlog through the connection's own socket, then sends one
+    /// frame of durable WAL if there is any.
+    fn step(&self, db: &Database, owner: &TcpStream) -> Result<Step, StepError> {
+        let mut s = lock(&self.state);
+        if !s.writer.drain_into(owner).map_err(StepError::Send)? {
+            return Ok(Step::Blocked);
+        }
+        let flushed = db.flushed_lsn();
+        if s.pos >= flushed {
+            return Ok(Step::CaughtUp);
+        }
+        let frame = s.next_frame(flushed)?;
+        // A failed write shows at the next step's drain.
+        s.writer.write(&frame, "WAL");
+        Ok(Step::Sent(s.pos))
+    }
+
+    /// Sends a keepalive if nothing waits ahead of it (a standby that does not read gets none;
+    /// its silence ends the connection at [`STANDBY_TIMEOUT`]).
+    fn keepalive(&self, db: &Database) {
+        let mut s = lock(&self.state);
+        if !s.writer.is_clear() {
+            return;
+        }
+        let message = Keepalive {
+            server_flush_lsn: db.flushed_lsn().0,
+            server_time_us: now_us(),
+            reply_requested: true,
+        };
+        if let Ok(frame) = encode_frame(&ServerMessage::from(message)) {
+            s.writer.write(&frame, "a keepalive");
+        }
+    }
+
+    /// Stops the hook and writes out the backlog, so the connection's own writer may send a
+    /// last frame. False when the backlog could not be written (the connection is dead or
+    /// `within` passed).
+    async fn close(&self, owner: &TcpStream, within: Duration) -> bool {
+        let drained = tokio::time::timeout(within, async {
+            loop {
+                {
+                    let mut s = lock(&self.state);
+                    s.closed = true;
+                    match s.writer.drain_into(owner) {
+                        Ok(true) => return true,
+                        Ok(false) => {}
+                        Err(_) => return false,
+                    }
+                }
+                if owner.writable().await.is_err() {
+                    return false;
+                }
+            }
+        });
+        drained.await.unwrap_or(false)
+    }
+}
+
+/// How long a closing WAL sender waits for its backlog to go out before its last frame.
+const CLOSE_DRAIN_TIMEOUT: Duration = Duration::from_secs(1);
+
+/// What the WAL sender waits for while its socket is full.
+enum BlockedOn {
+    Writable(std::io::Result<()>),
+    Message(Incoming),
+}
+
 /// Streams WAL from `start.start_lsn` until the connection ends.
 async fn stream(
     shared: &Shared,
@@ -241,7 +439,7 @@ async fn stream(
         )
         .await;
     }
-    let mut pos = Lsn(start.start_lsn);
+    let pos = Lsn(start.start_lsn);
     let flushed = db.flushed_lsn();
     if pos > flushed {
         let message = format!("requested start {pos} is ahead of this server's durable WAL end {flushed}");
@@ -266,96 +464,143 @@ async fn stream(
         tracing::warn!(standby = %name, error = %message, "refusing to stream removed WAL");
         return refuse(transport, error_code::WAL_MISSING, message, hint).await;
     }
+    let writer = match SideWriter::new(transport.get_ref()) {
+        Ok(w) => w,
+        Err(e) => {
+            let message = format!("duplicate the connection's socket: {e}");
+            return refuse(transport, error_code::IO_ERROR, message, "").await;
+        }
+    };
+    let reader = RawWalReader::new(&db.wal_dir(), timeline, db.segment_size_bytes());
+    let push = Arc::new(WalPush::new(writer, reader, pos));
     handle.set_state(StandbyState::Catchup);
+    handle.set_push(Arc::clone(&push));
     tracing::info!(standby = %name, start = %pos, "streaming WAL");
-    let mut reader = RawWalReader::new(&db.wal_dir(), timeline, db.segment_size_bytes());
-    let mut published = shared.published.clone();
     let mut last_heard = Instant::now();
     let mut keepalive = tokio::time::interval(KEEPALIVE_INTERVAL);
     keepalive.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut streaming = false;
     loop {
-        // Send everything durable, frame by frame, reading replies in between.
-        let flushed = db.flushed_lsn();
-        if pos < flushed {
-            let mut data = Vec::new();
-            match reader.read(pos, flushed, WAL_DATA_LEN_MAX, &mut data) {
-                Ok(n) => {
-                    let message = WalData {
-                        start_lsn: pos.0,
-                        data: Bytes::from(data),
-                        server_flush_lsn: flushed.0,
-                        server_time_us: now_us(),
-                    };
-                    pos = pos.add(n as u64);
-                    if transport.send(ServerMessage::from(message)).await.is_err() {
-                        return;
-                    }
-                    handle.sent(pos);
+        let step = match push.step(db, transport.get_ref()) {
+            Ok(step) => step,
+            Err(StepError::Read(e)) => {
+                let (code, message, hint) = match e {
+                    RawReadError::Missing { .. } => (
+                        error_code::WAL_MISSING,
+                        format!(
+                            "{e}: WAL from {} on was removed before this standby received it",
+                            push.pos()
+                        ),
+                        "re-bootstrap the replica, and use a replication slot so the primary keeps its WAL",
+                    ),
+                    RawReadError::Io { .. } => (error_code::IO_ERROR, e.to_string(), ""),
+                };
+                tracing::error!(standby = %name, error = %message, "WAL sender stopped");
+                if push.close(transport.get_ref(), CLOSE_DRAIN_TIMEOUT).await {
+                    refuse(transport, code, message, hint).await;
                 }
-                Err(e @ RawReadError::Missing { .. }) => {
-                    let message =
-                        format!("{e}: WAL from {pos} on was removed before this standby received it");
-                    tracing::error!(standby = %name, error = %message, "WAL sender stopped");
-                    let hint =
-                        "re-bootstrap the replica, and use a replication slot so the primary keeps its WAL";
-                    return refuse(transport, error_code::WAL_MISSING, message, hint).await;
-                }
-                Err(e) => {
-                    tracing::error!(standby = %name, error = %e, "WAL sender stopped");
-                    return refuse(transport, error_code::IO_ERROR, e.to_string(), "").await;
-                }
-            }
-            // Between frames, take what the standby sent without waiting.
-            while let Some(Some(Ok(message))) = futures::FutureExt::now_or_never(transport.next()) {
-                last_heard = Instant::now();
-                if !on_standby_message(transport, &handle, message).await {
-                    return;
-                }
-            }
-            continue;
-        }
-        if !streaming {
-            streaming = true;
-            handle.set_state(StandbyState::Streaming);
-        }
-        tokio::select! {
-            biased;
-            () = shared.shutdown.cancelled() => {
-                refuse_shutting_down(transport).await;
                 return;
             }
-            incoming = recv(transport) => match incoming {
-                Incoming::Message(message) => {
+            Err(StepError::Send(why)) => {
+                tracing::info!(standby = %name, error = %why, "standby connection lost");
+                return;
+            }
+        };
+        match step {
+            Step::Sent(sent) => {
+                handle.sent(sent);
+                // Between frames, take what the standby sent without waiting.
+                while let Some(Some(Ok(message))) = futures::FutureExt::now_or_never(transport.next()) {
                     last_heard = Instant::now();
                     if !on_standby_message(transport, &handle, message).await {
                         return;
                     }
                 }
-                Incoming::Eof | Incoming::Failed(_) => {
-                    tracing::info!(standby = %name, "standby disconnected");
-                    return;
-                }
-                Incoming::Violation(e) => {
-                    refuse(transport, error_code::PROTOCOL_VIOLATION, e.to_string(), "").await;
-                    return;
-                }
-            },
-            changed = published.changed() => {
-                if changed.is_err() {
-                    return;
+                continue;
+            }
+            Step::Blocked => {
+                // Wait for room, and keep reading the standby's reports meanwhile.
+                let ready = std::future::poll_fn(|cx| {
+                    if let Poll::Ready(r) = transport.get_ref().poll_write_ready(cx) {
+                        return Poll::Ready(BlockedOn::Writable(r));
+                    }
+                    transport.poll_next_unpin(cx).map(|m| BlockedOn::Message(incoming(m)))
+                });
+                tokio::select! {
+                    biased;
+                    () = shared.shutdown.cancelled() => return,
+                    ready = ready => match ready {
+                        BlockedOn::Writable(Ok(())) => {}
+                        BlockedOn::Writable(Err(e)) => {
+                            tracing::info!(standby = %name, error = %e, "standby connection lost");
+                            return;
+                        }
+                        BlockedOn::Message(incoming) => {
+                            if !on_incoming(transport, &handle, &name, incoming, &mut last_heard).await {
+                                return;
+                            }
+                        }
+                    },
+                    _ = keepalive.tick() => {
+                        if last_heard.elapsed() > STANDBY_TIMEOUT {
+                            tracing::warn!(standby = %name, "standby silent for {STANDBY_TIMEOUT:?}; closing");
+                            return;
+                        }
+                    }
                 }
             }
-            _ = keepalive.tick() => {
-                if last_heard.elapsed() > STANDBY_TIMEOUT {
-                    tracing::warn!(standby = %name, "standby silent for {STANDBY_TIMEOUT:?}; closing");
-                    return;
+            Step::CaughtUp => {
+                if !streaming {
+                    streaming = true;
+                    handle.set_state(StandbyState::Streaming);
                 }
-                let message = Keepalive { server_flush_lsn: db.flushed_lsn().0, server_time_us: now_us(), reply_requested: true };
-                if transport.send(ServerMessage::from(message)).await.is_err() {
-                    return;
+                tokio::select! {
+                    biased;
+                    () = shared.shutdown.cancelled() => {
+                        if push.close(transport.get_ref(), CLOSE_DRAIN_TIMEOUT).await {
+                            refuse_shutting_down(transport).await;
+                        }
+                        return;
+                    }
+                    message = recv(transport) => {
+                        if !on_incoming(transport, &handle, &name, message, &mut last_heard).await {
+                            return;
+                        }
+                    }
+                    () = push.wake.notified() => {}
+                    _ = keepalive.tick() => {
+                        if last_heard.elapsed() > STANDBY_TIMEOUT {
+                            tracing::warn!(standby = %name, "standby silent for {STANDBY_TIMEOUT:?}; closing");
+                            return;
+                        }
+                        push.keepalive(db);
+                    }
                 }
             }
+        }
+    }
+}
+
+/// Handles what reading from a streaming standby gave; false ends the connection.
+async fn on_incoming(
+    transport: &mut Transport,
+    handle: &StandbyHandle,
+    name: &str,
+    incoming: Incoming,
+    last_heard: &mut Instant,
+) -> bool {
+    match incoming {
+        Incoming::Message(message) => {
+            *last_heard = Instant::now();
+            on_standby_message(transport, handle, message).await
+        }
+        Incoming::Eof | Incoming::Failed(_) => {
+            tracing::info!(standby = %name, "standby disconnected");
+            false
+        }
+        Incoming::Violation(e) => {
+            refuse(transport, error_code::PROTOCOL_VIOLATION, e.to_string(), "").await;
+            false
         }
     }
 }

@@ -7,14 +7,13 @@
 //! the fdatasync that made the WAL durable ([`StatusReporter`], a publish hook): the
 //! acknowledgement a `remote_apply` commit waits for does not wait for this task to wake.
 
-use std::io::Write;
-use std::os::fd::AsFd;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Weak};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use futures::{SinkExt, StreamExt};
 use hindsight_engine::Database;
+use hindsight_primary::sidewrite::SideWriter;
 use hindsight_protocol::wire::{server_message::Msg, StandbyStatus, StartReplication, Terminate};
 use hindsight_protocol::{encode_frame, ClientCodec, ClientMessage, Lsn};
 use parking_lot::Mutex;
@@ -91,14 +90,16 @@ fn now_us() -> i64 {
 /// Writes `StandbyStatus` reports upstream from whichever thread has one: the engine's flusher
 /// after every publish (a publish hook), or the receiver task (keepalive replies, the periodic
 /// report). A report is one whole frame written without blocking on a duplicate of the
-/// connection's socket; what the socket does not take at once waits in the link's backlog,
-/// which the receiver task writes before anything else, so frames never interleave.
+/// connection's socket ([`SideWriter`]); what the socket does not take at once waits in the
+/// writer's backlog, which the receiver task writes before anything else, so frames never
+/// interleave.
 ///
 /// Invariants:
-/// - While `link.started` or `link.next` holds bytes, only [`StatusReporter::drain`] writes
-///   to the socket, and a wake-up of `backlog_waiting` is pending or `drain` is running.
-/// - The backlog is at most two frames: the rest of one partly written, and the newest not
-///   started (reports are cumulative, so a newer one replaces an older one unsent).
+/// - While the writer's backlog or `link.next` holds bytes, only [`StatusReporter::drain`]
+///   writes to the socket, and a wake-up of `backlog_waiting` is pending or `drain` is running.
+/// - The backlog is at most two frames: the rest of one the socket took part of (or one it
+///   took none of), and the newest in `next` (reports are cumulative, so a newer one replaces
+///   an older one unsent).
 /// - Reports may leave in a different order than their positions were read (the flusher and
 ///   the receiver task both send); the upstream keeps the highest positions it was told.
 #[derive(Debug)]
@@ -108,21 +109,16 @@ pub struct StatusReporter {
     /// The end of the WAL received (handed to the engine) on the current connection.
     received: AtomicU64,
     link: Mutex<Link>,
-    /// Signalled when the link's backlog has bytes, or `link.failed` a reason.
+    /// Signalled when the link's backlog has bytes, or its writer failed.
     backlog_waiting: Notify,
 }
 
 #[derive(Debug, Default)]
 struct Link {
-    /// A duplicate of the streaming connection's socket (non-blocking, as the original);
-    /// `None` while not streaming.
-    socket: Option<std::net::TcpStream>,
-    /// The rest of a frame the socket took only part of: goes out first.
-    started: Vec<u8>,
-    /// The newest frame not started yet.
+    /// Writes on a duplicate of the streaming connection's socket; `None` while not streaming.
+    writer: Option<SideWriter>,
+    /// The newest frame not started yet, waiting behind the writer's backlog.
     next: Option<bytes::Bytes>,
-    /// Why a write failed; the receiver task ends the connection with it.
-    failed: Option<String>,
 }
 
 impl StatusReporter {
@@ -137,9 +133,9 @@ impl StatusReporter {
 
     /// Reports go to `upstream` from now on (after its StartReplication).
     fn attach(&self, upstream: &TcpStream, received: Lsn) -> Result<(), String> {
-        let fd = upstream.as_fd().try_clone_to_owned().map_err(|e| format!("duplicate the socket: {e}"))?;
+        let writer = SideWriter::new(upstream).map_err(|e| format!("duplicate the socket: {e}"))?;
         self.received.store(received.0, Ordering::Release);
-        *self.link.lock() = Link { socket: Some(std::net::TcpStream::from(fd)), ..Link::default() };
+        *self.link.lock() = Link { writer: Some(writer), next: None };
         Ok(())
     }
 
@@ -154,7 +150,7 @@ impl StatusReporter {
 
     /// Reports the Lsn ladder upstream now, if streaming. Never blocks.
     pub fn report(&self) {
-        if self.link.lock().socket.is_none() {
+        if self.link.lock().writer.is_none() {
             return;
         }
         let Some(db) = self.db.upgrade() else { return };
@@ -183,34 +179,12 @@ impl StatusReporter {
             }
         };
         let mut link = self.link.lock();
-        let Link { socket: Some(socket), started, next, failed } = &mut *link else { return };
-        if !started.is_empty() || next.is_some() || failed.is_some() {
+        let Link { writer: Some(writer), next } = &mut *link else { return };
+        if !writer.is_clear() || next.is_some() {
             *next = Some(frame);
             return;
         }
-        let mut written = 0;
-        while written < frame.len() {
-            match socket.write(&frame[written..]) {
-                Ok(0) => {
-                    *failed = Some("the upstream connection closed".into());
-                    break;
-                }
-                Ok(n) => written += n,
-                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
-                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
-                    match written {
-                        0 => *next = Some(frame),
-                        _ => *started = frame[written..].to_vec(),
-                    }
-                    break;
-                }
-                Err(e) => {
-                    *failed = Some(format!("send a status report: {e}"));
-                    break;
-                }
-            }
-        }
-        if !started.is_empty() || next.is_some() || failed.is_some() {
+        if !writer.write(&frame, "a status report") {
             drop(link);
             self.backlog_waiting.notify_one();
         }
@@ -221,22 +195,15 @@ impl StatusReporter {
         loop {
             {
                 let mut link = self.link.lock();
-                if let Some(why) = link.failed.take() {
-                    return Err(why);
-                }
-                if link.started.is_empty() {
-                    match link.next.take() {
-                        Some(frame) => link.started = frame.to_vec(),
+                let Link { writer: Some(writer), next } = &mut *link else { return Ok(()) };
+                if writer.drain_into(upstream)? {
+                    match next.take() {
+                        Some(frame) => {
+                            writer.enqueue(&frame);
+                            continue;
+                        }
                         None => return Ok(()),
                     }
-                }
-                match upstream.try_write(&link.started) {
-                    Ok(n) => {
-                        link.started.drain(..n);
-                        continue;
-                    }
-                    Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
-                    Err(e) => return Err(format!("send a status report: {e}")),
                 }
             }
             upstream.writable().await.map_err(|e| format!("send a status report: {e}"))?;
@@ -440,7 +407,7 @@ mod tests {
         let mut sent = 0u64;
         let backlogged = |r: &StatusReporter| {
             let link = r.link.lock();
-            !link.started.is_empty() || link.next.is_some()
+            link.writer.as_ref().is_some_and(|w| w.backlog_len() > 0) || link.next.is_some()
         };
         while !backlogged(&reporter) {
             sent += 1;

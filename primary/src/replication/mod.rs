@@ -36,6 +36,7 @@ pub use lag::LAG_SAMPLES_MAX;
 pub use slots::SLOTS_MAX;
 pub use syncrep::{parse_sync_standbys, SyncLevel, SyncMethod, SyncRule, SyncState};
 
+use crate::walsender::WalPush;
 use hindsight_engine::error::{ErrorCode, SqlError};
 use hindsight_engine::sql::{Column, ReplicationHost, StatementResult};
 use hindsight_engine::txn::{CommitRelay, PendingCommit};
@@ -186,6 +187,8 @@ struct Standby {
     slot: Option<String>,
     state: StandbyState,
     sent: Option<Lsn>,
+    /// The connection's send side, once it streams: the publish hook sends new WAL through it.
+    push: Option<Arc<WalPush>>,
     /// `None` until its first acknowledgement.
     positions: Option<StandbyPositions>,
     write_lag: LagClock,
@@ -370,9 +373,30 @@ impl Replication {
     }
 
     /// From the engine's publish hook on the flusher thread: must be cheap and never block on
-    /// async code. Records (lsn, Instant) in a bounded ring for lag measurement.
+    /// async code. Records (lsn, Instant) in a bounded ring for lag measurement, then sends the
+    /// new WAL to every streaming standby that can take it at once (see [`WalPush`]).
     pub fn on_published(&self, lsn: Lsn) {
         lock(&self.samples).record(lsn, Instant::now());
+        // Socket writes happen outside the state lock; at most STANDBYS_MAX entries.
+        let pushes: Vec<(u64, Arc<WalPush>)> = lock(&self.state)
+            .standbys
+            .iter()
+            .filter_map(|(id, s)| Some((*id, Arc::clone(s.push.as_ref()?))))
+            .collect();
+        if pushes.is_empty() {
+            return;
+        }
+        let sent: Vec<(u64, Lsn)> =
+            pushes.iter().filter_map(|(id, push)| Some((*id, push.on_published(&self.db)?))).collect();
+        if sent.is_empty() {
+            return;
+        }
+        let mut st = lock(&self.state);
+        for (id, lsn) in sent {
+            if let Some(s) = st.standbys.get_mut(&id) {
+                s.sent = Some(s.sent.map_or(lsn, |old| old.max(lsn)));
+            }
+        }
     }
 
     /// A standby connected (after its StartReplication or BaseBackupRequest). Fails with a
@@ -448,6 +472,7 @@ impl Replication {
                 slot,
                 state: StandbyState::Catchup,
                 sent: None,
+                push: None,
                 positions: None,
                 write_lag: LagClock::new(now),
                 flush_lag: LagClock::new(now),
@@ -601,6 +626,11 @@ impl StandbyHandle {
     pub fn set_state(&self, state: StandbyState) {
         let (st, ()) = self.with_standby(|s| s.state = state);
         self.replication.publish_confirmed(&st);
+    }
+
+    /// New WAL goes to the standby through `push` from the publish hook on.
+    pub(crate) fn set_push(&self, push: Arc<WalPush>) {
+        let (_state, ()) = self.with_standby(|s| s.push = Some(push));
     }
 
     /// WAL up to `lsn` was sent to the standby.

@@ -10,7 +10,7 @@
 //! ```
 //!
 //! One committer thread owns the WAL writer and every store mutation. Sessions send it write
-//! sets over a bounded channel; it takes every request waiting (group commit), checks each for
+//! sets through its bounded inbox (`inbox`); it takes every request waiting (group commit), checks each for
 //! conflicts, appends and applies it, makes the batch durable with one fdatasync, publishes the
 //! new visible Lsn and only then acknowledges. Snapshots are written by a background thread from
 //! a read view; the committer records them when they finish.
@@ -19,6 +19,7 @@ use crate::checkpoint::{
     load_snapshot, snapshot_file_name, write_snapshot, Control, LoadedSnapshot, SnapshotMeta, SnapshotWritten,
 };
 use crate::error::{Error, ErrorCode, Result, SqlError};
+use crate::inbox::{Inbox, Lane, RecvError, SendError};
 use crate::replay::{Replayer, TXN_CHANGE_BYTES_MAX};
 use crate::reply::{reply_slot, ReplyTx};
 use crate::schema::TableId;
@@ -35,7 +36,7 @@ use crate::wal::segment::{
     first_record_lsn, segment_file_name, segment_of, valid_segment_size, SEGMENT_SIZE_DEFAULT,
 };
 use crate::wal::writer::{create_segment, sync_dir, truncate_wal, WalWriter};
-use crossbeam_channel::{bounded, Receiver, RecvTimeoutError, Sender};
+use crossbeam_channel::bounded;
 use hindsight_protocol::{Lsn, Timeline, TxId};
 use parking_lot::Mutex;
 use std::fs::File;
@@ -354,8 +355,8 @@ enum Request {
 pub struct Database {
     store: Arc<Store>,
     shared: Arc<Shared>,
-    tx: Sender<Request>,
-    wal_tx: Sender<(Lsn, Vec<u8>)>,
+    /// The committer's input: requests, and a replica's WAL slices.
+    inbox: Arc<Inbox<Request>>,
     standby: bool,
     committer: Mutex<Option<JoinHandle<()>>>,
     system_id: u64,
@@ -569,12 +570,10 @@ impl Database {
             dir = %dir.display(), lsn = %wal_end, txid = %txid, replayed_txns = replayed,
             elapsed_ms = report.elapsed.as_millis() as u64, "database open"
         );
-        let (tx, rx) = bounded(COMMIT_QUEUE_MAX);
-        let (wal_tx, wal_rx) = bounded(WAL_QUEUE_MAX);
+        let inbox = Arc::new(Inbox::new(COMMIT_QUEUE_MAX, WAL_QUEUE_MAX));
         let enqueued_written = writer.insert_lsn();
         let committer = Committer {
             standby: standby_state,
-            wal_rx,
             enqueued_written,
             store: Arc::clone(&store),
             replayer,
@@ -582,8 +581,7 @@ impl Database {
             shared: Arc::clone(&shared),
             dir: dir.to_path_buf(),
             control: control.clone(),
-            rx,
-            tx: tx.clone(),
+            inbox: Arc::clone(&inbox),
             config,
             body: Vec::new(),
             poisoned: None,
@@ -607,8 +605,7 @@ impl Database {
         Ok(Arc::new(Database {
             store,
             shared,
-            tx,
-            wal_tx,
+            inbox,
             standby,
             committer: Mutex::new(Some(handle)),
             system_id: control.system_id,
@@ -662,7 +659,7 @@ impl Database {
 
     fn request<T>(&self, make: impl FnOnce(ReplyTx<Result<T>>) -> Request) -> Result<T> {
         let (reply_tx, reply_rx) = reply_slot();
-        self.tx.send(make(reply_tx)).map_err(|_| Error::Shutdown)?;
+        self.inbox.send(Lane::Requests, make(reply_tx)).map_err(|_| Error::Shutdown)?;
         reply_rx.recv().ok_or(Error::Shutdown)?
     }
 
@@ -721,7 +718,7 @@ impl Database {
     /// once replay has stopped on bad WAL (the reason is in [`Status::replay_error`]).
     pub fn apply_wal(&self, start: Lsn, bytes: Vec<u8>) -> Result<()> {
         self.check_replaying()?;
-        self.wal_tx.send((start, bytes)).map_err(|_| Error::Shutdown)
+        self.inbox.send(Lane::Wal, Request::Wal(start, bytes)).map_err(|_| Error::Shutdown)
     }
 
     /// Refuses WAL input on a primary (a bug) and once replay has stopped on bad WAL.
@@ -739,10 +736,11 @@ impl Database {
     /// thread is handed over (`block_in_place`) only under back-pressure, not once per slice.
     pub fn try_apply_wal(&self, start: Lsn, bytes: Vec<u8>) -> Result<Option<Vec<u8>>> {
         self.check_replaying()?;
-        match self.wal_tx.try_send((start, bytes)) {
+        match self.inbox.try_send(Lane::Wal, Request::Wal(start, bytes)) {
             Ok(()) => Ok(None),
-            Err(crossbeam_channel::TrySendError::Full((_, bytes))) => Ok(Some(bytes)),
-            Err(crossbeam_channel::TrySendError::Disconnected(_)) => Err(Error::Shutdown),
+            Err(SendError::Full(Request::Wal(_, bytes))) => Ok(Some(bytes)),
+            Err(SendError::Full(_)) => unreachable!("the WAL lane holds WAL slices only"),
+            Err(SendError::Closed(_)) => Err(Error::Shutdown),
         }
     }
 
@@ -842,7 +840,7 @@ impl Database {
     pub fn shutdown(&self) {
         let handle = self.committer.lock().take();
         if let Some(handle) = handle {
-            let _ = self.tx.send(Request::Shutdown);
+            let _ = self.inbox.send(Lane::Requests, Request::Shutdown);
             let _ = handle.join();
         }
     }
@@ -968,7 +966,6 @@ struct Standby {
 /// hands the result to the flusher, which makes it durable and then visible.
 struct Committer {
     standby: Option<Standby>,
-    wal_rx: Receiver<(Lsn, Vec<u8>)>,
     /// The end of the WAL bytes handed to the flusher.
     enqueued_written: Lsn,
     store: Arc<Store>,
@@ -977,8 +974,8 @@ struct Committer {
     shared: Arc<Shared>,
     dir: PathBuf,
     control: Control,
-    rx: Receiver<Request>,
-    tx: Sender<Request>,
+    /// Requests and WAL slices; closed when the committer stops.
+    inbox: Arc<Inbox<Request>>,
     config: Config,
     body: Vec<u8>,
     poisoned: Option<String>,
@@ -992,6 +989,14 @@ struct Committer {
     snapshot_thread: Option<JoinHandle<()>>,
     /// The end of the last group handed to the flusher.
     enqueued: Lsn,
+}
+
+impl Drop for Committer {
+    /// However the committer ends (shutdown, or a panic unwinding), later requests fail with
+    /// `Shutdown` instead of waiting for an answer that cannot come.
+    fn drop(&mut self) {
+        self.inbox.close();
+    }
 }
 
 fn conflict(message: String) -> Error {
@@ -1015,29 +1020,14 @@ impl Committer {
         let mut batch = Vec::with_capacity(GROUP_COMMIT_MAX);
         loop {
             let wait = self.config.checkpoint_interval.saturating_sub(self.last_checkpoint.elapsed());
-            let first = crossbeam_channel::select! {
-                recv(self.rx) -> r => r.map_err(|_| RecvTimeoutError::Disconnected),
-                recv(self.wal_rx) -> r => r.map(|(lsn, bytes)| Request::Wal(lsn, bytes))
-                    .map_err(|_| RecvTimeoutError::Disconnected),
-                default(wait.max(Duration::from_millis(10))) => Err(RecvTimeoutError::Timeout),
-            };
-            let first = match first {
-                Ok(r) => r,
-                Err(RecvTimeoutError::Timeout) => {
+            let deadline = Instant::now() + wait.max(Duration::from_millis(10));
+            match self.inbox.recv_batch(&mut batch, GROUP_COMMIT_MAX, deadline) {
+                Ok(()) => {}
+                Err(RecvError::Timeout) => {
                     self.maybe_checkpoint(false);
                     continue;
                 }
-                Err(RecvTimeoutError::Disconnected) => return,
-            };
-            batch.push(first);
-            while batch.len() < GROUP_COMMIT_MAX {
-                match self.rx.try_recv() {
-                    Ok(r) => batch.push(r),
-                    Err(_) => match self.wal_rx.try_recv() {
-                        Ok((lsn, bytes)) => batch.push(Request::Wal(lsn, bytes)),
-                        Err(_) => break,
-                    },
-                }
+                Err(RecvError::Closed) => return,
             }
             let stop = self.process(&mut batch);
             if stop {
@@ -1455,7 +1445,7 @@ impl Committer {
             return;
         }
         let snap_dir = self.dir.join("snapshots");
-        let tx = self.tx.clone();
+        let inbox = Arc::clone(&self.inbox);
         self.checkpoint_running = true;
         self.last_checkpoint = Instant::now();
         self.wal_at_checkpoint = meta.lsn;
@@ -1475,7 +1465,7 @@ impl Committer {
                 );
             }
             drop(view);
-            let _ = tx.send(Request::CheckpointDone(result));
+            let _ = inbox.send(Lane::Requests, Request::CheckpointDone(result));
         });
         let spawned = spawned.map(|handle| {
             // Only one snapshot runs at a time, so the previous thread has finished: reap it.

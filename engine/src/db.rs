@@ -331,12 +331,25 @@ impl Flusher {
             });
             drop(q);
             self.done.notify_all();
-            if let Some(lsn) = published_lsn {
-                shared.publish_hooks.read().iter().for_each(|hook| hook(lsn));
-            }
             last_acked = acks.iter().filter(|a| a.writer_returns()).count();
             shared.commits.fetch_add(acks.len() as u64, Ordering::Relaxed);
+            // The hooks may write to sockets (a primary sends the new WAL to its standbys from
+            // here). A group with commits waiting for standbys runs them first, since that send
+            // starts those commits' round trip; any other group is acknowledged first, so a
+            // local commit does not wait for the send.
+            let run_hooks = || {
+                if let Some(lsn) = published_lsn {
+                    shared.publish_hooks.read().iter().for_each(|hook| hook(lsn));
+                }
+            };
+            let waits_for_standbys = last_acked < acks.len();
+            if waits_for_standbys {
+                run_hooks();
+            }
             acks.into_iter().for_each(Ack::succeed);
+            if !waits_for_standbys {
+                run_hooks();
+            }
         }
     }
 }

@@ -758,7 +758,7 @@ impl Database {
     }
 
     /// Adds a function called after every publish with the new visible Lsn, after those added
-    /// before it (WAL senders wake on it, lag is timed from it, a replica reports upstream from
+    /// before it (a primary pushes new WAL to its standbys from it, lag is timed from it, a replica reports upstream from
     /// it).
     pub fn add_publish_hook(&self, hook: PublishHook) {
         self.shared.publish_hooks.write().push(hook);

@@ -11,20 +11,27 @@
 //!                 ▼
 //!              backlog ── drain_into(owner's stream), by the owning task ──► socket
 //! ```
-//!
-//! Invariants (the owner keeps the writer under one lock, so these hold between calls):
-//! - Bytes leave in the order frames were given: nothing is written to the socket while the
-//!   backlog holds bytes, except the backlog itself by [`SideWriter::drain_into`].
-//! - The backlog holds only whole frames or the rest of one whose start went out, so the
-//!   stream stays a sequence of whole frames.
-//! - Once `failed` is set, nothing more is written.
 
 use std::io::Write;
 use std::os::fd::AsFd;
 
+use hindsight_protocol::{ENVELOPE_OVERHEAD_MAX, FRAME_HEADER_LEN, WAL_DATA_LEN_MAX};
+
+/// The most bytes a backlog may hold: two of the largest frames a side writer sends (a WAL
+/// frame's rest and a keepalive behind it; a status report's rest and the newest report).
+pub const BACKLOG_BYTES_MAX: usize = 2 * (FRAME_HEADER_LEN + WAL_DATA_LEN_MAX + ENVELOPE_OVERHEAD_MAX);
+
 /// A non-blocking writer on a duplicate of a connection's socket, with a backlog for what the
-/// socket does not take at once. Callers bound the backlog: each writes only while
-/// [`SideWriter::is_clear`] or adds at most one frame behind it.
+/// socket does not take at once. Callers keep the backlog small: each writes only while
+/// [`SideWriter::is_clear`] or adds at most one frame behind it, within
+/// [`BACKLOG_BYTES_MAX`].
+///
+/// Invariants (the owner keeps the writer under one lock, so these hold between calls):
+/// - Bytes leave in the order frames were given: nothing is written to the socket while the
+///   backlog holds bytes, except the backlog itself by [`SideWriter::drain_into`].
+/// - The backlog holds only whole frames or the rest of one whose start went out, so the
+///   stream stays a sequence of whole frames.
+/// - Once `failed` is set, nothing more is written.
 #[derive(Debug)]
 pub struct SideWriter {
     /// A duplicate of the connection's socket; non-blocking, as the tokio original is.
@@ -65,7 +72,7 @@ impl SideWriter {
             return false;
         }
         if !self.backlog.is_empty() {
-            self.backlog.extend_from_slice(frame);
+            self.enqueue(frame);
             return false;
         }
         let mut written = 0;
@@ -78,7 +85,7 @@ impl SideWriter {
                 Ok(n) => written += n,
                 Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
                 Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
-                    self.backlog.extend_from_slice(&frame[written..]);
+                    self.enqueue(&frame[written..]);
                     return false;
                 }
                 Err(e) => {
@@ -94,6 +101,11 @@ impl SideWriter {
     /// [`SideWriter::drain_into`]).
     pub fn enqueue(&mut self, frame: &[u8]) {
         self.backlog.extend_from_slice(frame);
+        debug_assert!(
+            self.backlog.len() <= BACKLOG_BYTES_MAX,
+            "side writer backlog at {} bytes, over {BACKLOG_BYTES_MAX}: a caller queued more than a frame behind it",
+            self.backlog.len()
+        );
     }
 
     /// Writes what the backlog holds through the owner's own stream (so tokio's readiness stays
@@ -144,17 +156,19 @@ mod tests {
     async fn a_full_socket_keeps_frames_whole_and_in_order() {
         let (ours, mut theirs) = pair().await;
         let mut w = SideWriter::new(&ours).unwrap();
-        let frames: Vec<Vec<u8>> = (0..64u8).map(|i| vec![i; 64 * 1024]).collect();
-        let mut went_out_at_once = 0;
-        for f in &frames {
-            if w.write(f, "a test frame") {
-                went_out_at_once += 1;
-            }
+        const FRAME: usize = 64 * 1024;
+        // Write until the socket refuses part of a frame, then queue one more behind it.
+        let mut frames = 0usize;
+        while w.is_clear() {
+            assert!(frames < 255, "the socket buffers never filled");
+            assert!(w.write(&[frames as u8; FRAME], "a test frame") || !w.is_clear());
+            frames += 1;
         }
-        assert!(w.backlog_len() > 0, "4 MiB must not fit the socket buffers at once");
-        assert!(went_out_at_once < frames.len());
+        assert!(!w.write(&[frames as u8; FRAME], "a test frame"), "a frame behind the backlog waits");
+        frames += 1;
+        assert!(w.backlog_len() > FRAME && w.backlog_len() <= 2 * FRAME);
         let reader = tokio::spawn(async move {
-            let mut all = vec![0u8; 64 * 64 * 1024];
+            let mut all = vec![0u8; frames * FRAME];
             theirs.read_exact(&mut all).await.unwrap();
             all
         });
@@ -163,7 +177,7 @@ mod tests {
         }
         assert!(w.is_clear());
         let all = reader.await.unwrap();
-        for (i, chunk) in all.chunks(64 * 1024).enumerate() {
+        for (i, chunk) in all.chunks(FRAME).enumerate() {
             assert!(chunk.iter().all(|&b| b == i as u8), "frame {i} is out of order or torn");
         }
     }
@@ -183,7 +197,8 @@ mod tests {
                 tokio::time::sleep(std::time::Duration::from_millis(1)).await;
             }
         }
-        assert!(w.failed().unwrap().contains("a test frame") || w.failed().unwrap().contains("peer"));
+        let why = w.failed().unwrap().to_string();
+        assert!(why == "the peer closed the connection" || why.starts_with("send a test frame: "), "{why}");
         assert!(!w.write(&[2; 8], "a test frame"));
         assert!(w.drain_into(&ours).is_err());
     }

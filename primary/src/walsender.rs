@@ -15,6 +15,7 @@
 //! until the replica streams from it on the same connection.
 
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::task::Poll;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
@@ -246,6 +247,9 @@ pub(crate) struct WalPush {
     state: Mutex<PushState>,
     /// Wakes the task: a backlog to drain, a failure, or WAL the hook left to it.
     wake: Notify,
+    /// The end of the WAL handed to the socket (`pos`, readable without the lock), for SHOW
+    /// REPLICATION.
+    sent: AtomicU64,
 }
 
 impl std::fmt::Debug for WalPush {
@@ -255,17 +259,22 @@ impl std::fmt::Debug for WalPush {
     }
 }
 
+/// What the hook and the task share under [`WalPush`]'s lock.
 struct PushState {
+    /// Writes on a duplicate of the connection's socket; its backlog goes out first.
     writer: SideWriter,
+    /// Reads the WAL segments from `pos` on.
     reader: RawWalReader,
+    /// The end of the WAL sent (see the invariants on [`WalPush`]).
     pos: Lsn,
+    /// The task has stopped streaming: the hook writes nothing more.
     closed: bool,
 }
 
 /// What one [`WalPush::step`] of the task did.
 enum Step {
-    /// One frame went out (or into the backlog); the WAL sent now ends here.
-    Sent(Lsn),
+    /// One frame went out (or into the backlog).
+    Sent,
     /// The socket is full: wait until it is writable.
     Blocked,
     /// Everything durable was sent; the hook sends what comes next.
@@ -303,36 +312,45 @@ impl PushState {
 
 impl WalPush {
     fn new(writer: SideWriter, reader: RawWalReader, pos: Lsn) -> WalPush {
-        WalPush { state: Mutex::new(PushState { writer, reader, pos, closed: false }), wake: Notify::new() }
+        WalPush {
+            state: Mutex::new(PushState { writer, reader, pos, closed: false }),
+            wake: Notify::new(),
+            sent: AtomicU64::new(pos.0),
+        }
+    }
+
+    /// The end of the WAL sent to the standby.
+    pub(crate) fn sent(&self) -> Lsn {
+        Lsn(self.sent.load(Ordering::Acquire))
     }
 
     /// The publish hook's part, on the flusher thread: sends the new durable WAL now if that
-    /// is quick, else wakes the task to. Never blocks (it only tries the lock). Returns the end
-    /// of the WAL sent when it sent a frame.
-    pub(crate) fn on_published(&self, db: &Database) -> Option<Lsn> {
-        let mut s = match self.state.try_lock() {
-            Ok(s) => s,
-            Err(_) => {
-                // The task is sending; it looks at the durable end again before it sleeps.
-                self.wake.notify_one();
-                return None;
-            }
+    /// is quick, else wakes the task to. Never blocks: it only tries the lock, and a poisoned
+    /// lock (a panic in the task) counts as taken, leaving the connection to the task.
+    pub(crate) fn on_published(&self, db: &Database) {
+        let Ok(mut s) = self.state.try_lock() else {
+            // The task is sending; it looks at the durable end again before it sleeps.
+            self.wake.notify_one();
+            return;
         };
         let flushed = db.flushed_lsn();
         if s.closed || s.pos >= flushed {
-            return None;
+            return;
         }
         if !s.writer.is_clear() || flushed.0 - s.pos.0 > PUSH_BYTES_MAX {
             drop(s);
             self.wake.notify_one();
-            return None;
+            return;
         }
-        let (sent, whole) = match s.next_frame(flushed) {
+        let whole = match s.next_frame(flushed) {
             Ok(frame) => {
                 let whole = s.writer.write(&frame, "WAL");
-                (Some(s.pos), whole)
+                if s.writer.failed().is_none() {
+                    self.sent.store(s.pos.0, Ordering::Release);
+                }
+                whole
             }
-            Err(_) => (None, false),
+            Err(_) => false,
         };
         drop(s);
         // A backlog, a failure or a read error: the task handles each (it reads again and
@@ -340,7 +358,6 @@ impl WalPush {
         if !whole {
             self.wake.notify_one();
         }
-        sent
     }
 
     /// The end of the WAL sent.
@@ -362,7 +379,8 @@ impl WalPush {
         let frame = s.next_frame(flushed)?;
         // A failed write shows at the next step's drain.
         s.writer.write(&frame, "WAL");
-        Ok(Step::Sent(s.pos))
+        self.sent.store(s.pos.0, Ordering::Release);
+        Ok(Step::Sent)
     }
 
     /// Sends a keepalive if nothing waits ahead of it (a standby that does not read gets none;
@@ -476,6 +494,38 @@ async fn stream(
     handle.set_state(StandbyState::Catchup);
     handle.set_push(Arc::clone(&push));
     tracing::info!(standby = %name, start = %pos, "streaming WAL");
+    let end = send_wal(shared, transport, &handle, &name, &push).await;
+    // From here on nothing else writes: the hook is stopped and the backlog is out (or the
+    // connection is dead), so a last frame cannot land inside a WAL frame.
+    let drained = push.close(transport.get_ref(), CLOSE_DRAIN_TIMEOUT).await;
+    match end {
+        End::Quiet => {}
+        End::ShuttingDown if drained => refuse_shutting_down(transport).await,
+        End::Refuse { code, message, hint } if drained => refuse(transport, code, message, &hint).await,
+        End::ShuttingDown | End::Refuse { .. } => {}
+    }
+}
+
+/// How a WAL stream ends.
+enum End {
+    /// The standby left, said goodbye, went silent, or the connection failed: nothing to send.
+    Quiet,
+    /// The server is shutting down: say so.
+    ShuttingDown,
+    /// Send this error.
+    Refuse { code: &'static str, message: String, hint: String },
+}
+
+/// Sends WAL until the stream ends: catch-up frame by frame, then whatever the publish hook
+/// leaves to this task (see [`WalPush`]), reading the standby's reports throughout.
+async fn send_wal(
+    shared: &Shared,
+    transport: &mut Transport,
+    handle: &StandbyHandle,
+    name: &str,
+    push: &WalPush,
+) -> End {
+    let db = &shared.db;
     let mut last_heard = Instant::now();
     let mut keepalive = tokio::time::interval(KEEPALIVE_INTERVAL);
     keepalive.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -496,27 +546,28 @@ async fn stream(
                     RawReadError::Io { .. } => (error_code::IO_ERROR, e.to_string(), ""),
                 };
                 tracing::error!(standby = %name, error = %message, "WAL sender stopped");
-                if push.close(transport.get_ref(), CLOSE_DRAIN_TIMEOUT).await {
-                    refuse(transport, code, message, hint).await;
-                }
-                return;
+                return End::Refuse { code, message, hint: hint.into() };
             }
             Err(StepError::Send(why)) => {
                 tracing::info!(standby = %name, error = %why, "standby connection lost");
-                return;
+                return End::Quiet;
             }
         };
         match step {
-            Step::Sent(sent) => {
-                handle.sent(sent);
+            Step::Sent => {
+                if shared.shutdown.is_cancelled() {
+                    return End::ShuttingDown;
+                }
                 // Between frames, take what the standby sent without waiting.
                 while let Some(Some(Ok(message))) = futures::FutureExt::now_or_never(transport.next()) {
                     last_heard = Instant::now();
-                    if !on_standby_message(transport, &handle, message).await {
-                        return;
+                    if let Err(end) = on_standby_message(handle, message) {
+                        return end;
                     }
                 }
-                continue;
+                // Frames go out through the duplicate socket, which never tells the runtime
+                // this task did work; let the connection's other work run between frames.
+                tokio::task::yield_now().await;
             }
             Step::Blocked => {
                 // Wait for room, and keep reading the standby's reports meanwhile.
@@ -528,23 +579,23 @@ async fn stream(
                 });
                 tokio::select! {
                     biased;
-                    () = shared.shutdown.cancelled() => return,
+                    () = shared.shutdown.cancelled() => return End::ShuttingDown,
                     ready = ready => match ready {
                         BlockedOn::Writable(Ok(())) => {}
                         BlockedOn::Writable(Err(e)) => {
                             tracing::info!(standby = %name, error = %e, "standby connection lost");
-                            return;
+                            return End::Quiet;
                         }
                         BlockedOn::Message(incoming) => {
-                            if !on_incoming(transport, &handle, &name, incoming, &mut last_heard).await {
-                                return;
+                            if let Err(end) = on_incoming(handle, name, incoming, &mut last_heard) {
+                                return end;
                             }
                         }
                     },
                     _ = keepalive.tick() => {
                         if last_heard.elapsed() > STANDBY_TIMEOUT {
                             tracing::warn!(standby = %name, "standby silent for {STANDBY_TIMEOUT:?}; closing");
-                            return;
+                            return End::Quiet;
                         }
                     }
                 }
@@ -556,22 +607,17 @@ async fn stream(
                 }
                 tokio::select! {
                     biased;
-                    () = shared.shutdown.cancelled() => {
-                        if push.close(transport.get_ref(), CLOSE_DRAIN_TIMEOUT).await {
-                            refuse_shutting_down(transport).await;
-                        }
-                        return;
-                    }
+                    () = shared.shutdown.cancelled() => return End::ShuttingDown,
                     message = recv(transport) => {
-                        if !on_incoming(transport, &handle, &name, message, &mut last_heard).await {
-                            return;
+                        if let Err(end) = on_incoming(handle, name, message, &mut last_heard) {
+                            return end;
                         }
                     }
                     () = push.wake.notified() => {}
                     _ = keepalive.tick() => {
                         if last_heard.elapsed() > STANDBY_TIMEOUT {
                             tracing::warn!(standby = %name, "standby silent for {STANDBY_TIMEOUT:?}; closing");
-                            return;
+                            return End::Quiet;
                         }
                         push.keepalive(db);
                     }
@@ -581,36 +627,32 @@ async fn stream(
     }
 }
 
-/// Handles what reading from a streaming standby gave; false ends the connection.
-async fn on_incoming(
-    transport: &mut Transport,
+/// Handles what reading from a streaming standby gave; `Err` ends the stream.
+fn on_incoming(
     handle: &StandbyHandle,
     name: &str,
     incoming: Incoming,
     last_heard: &mut Instant,
-) -> bool {
+) -> Result<(), End> {
     match incoming {
         Incoming::Message(message) => {
             *last_heard = Instant::now();
-            on_standby_message(transport, handle, message).await
+            on_standby_message(handle, message)
         }
         Incoming::Eof | Incoming::Failed(_) => {
             tracing::info!(standby = %name, "standby disconnected");
-            false
+            Err(End::Quiet)
         }
-        Incoming::Violation(e) => {
-            refuse(transport, error_code::PROTOCOL_VIOLATION, e.to_string(), "").await;
-            false
-        }
+        Incoming::Violation(e) => Err(End::Refuse {
+            code: error_code::PROTOCOL_VIOLATION,
+            message: e.to_string(),
+            hint: String::new(),
+        }),
     }
 }
 
-/// Handles a message from a streaming standby; false ends the connection.
-async fn on_standby_message(
-    transport: &mut Transport,
-    handle: &StandbyHandle,
-    message: ClientMessage,
-) -> bool {
+/// Handles a message from a streaming standby; `Err` ends the stream.
+fn on_standby_message(handle: &StandbyHandle, message: ClientMessage) -> Result<(), End> {
     match message.msg {
         Some(Msg::StandbyStatus(s)) => {
             handle.ack(StandbyPositions {
@@ -619,14 +661,13 @@ async fn on_standby_message(
                 flushed: Lsn(s.flushed_lsn),
                 replayed: Lsn(s.replayed_lsn),
             });
-            true
+            Ok(())
         }
-        Some(Msg::Terminate(_)) => false,
+        Some(Msg::Terminate(_)) => Err(End::Quiet),
         other => {
             let kind = hindsight_protocol::Envelope::kind(&ClientMessage { msg: other });
             let message = format!("{kind} is not accepted while WAL streams");
-            refuse(transport, error_code::PROTOCOL_VIOLATION, message, "").await;
-            false
+            Err(End::Refuse { code: error_code::PROTOCOL_VIOLATION, message, hint: String::new() })
         }
     }
 }

@@ -168,3 +168,66 @@ async fn read_only_roles_cannot_write() {
     admin_client.query("INSERT INTO t VALUES (2)").await.unwrap();
     server.shutdown().await;
 }
+
+/// A standby that stops reading while WAL keeps coming gets, once it reads again, every byte
+/// once and in order (the publish hook's pushes, the backlog and the task's catch-up share one
+/// position); and a message it may not send, arriving while frames wait, is answered with an
+/// error that still arrives as a whole frame after them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_standby_that_stops_reading_gets_every_wal_byte_once_and_a_whole_error() {
+    use futures::{SinkExt, StreamExt};
+    use hindsight_protocol::wire::{server_message::Msg, Purpose, Query, StartReplication};
+    use hindsight_protocol::ClientMessage;
+
+    let dir = tempfile::tempdir().unwrap();
+    let server = start(dir.path()).await;
+    let mut client = Client::connect(server.local_addr(), admin()).await.unwrap();
+    client.query("CREATE TABLE t (id BIGINT PRIMARY KEY, pad TEXT)").await.unwrap();
+    let lsn_of = |rows: Vec<hindsight_primary::QueryResult>| match &rows[0].rows[0][0] {
+        Value::Text(t) => t.parse::<hindsight_protocol::Lsn>().unwrap(),
+        other => panic!("current_lsn() gave {other:?}"),
+    };
+    let start_lsn = lsn_of(client.query("SELECT current_lsn()").await.unwrap());
+    let (mut standby, _) =
+        Client::handshake(server.local_addr(), admin(), Purpose::Replication).await.unwrap();
+    let start = StartReplication {
+        timeline: 1,
+        start_lsn: start_lsn.0,
+        slot: String::new(),
+        standby_name: "slow".into(),
+    };
+    standby.send(ClientMessage::from(start)).await.unwrap();
+
+    // Far more WAL than the socket buffers hold, while the standby reads nothing.
+    let pad = "x".repeat(60_000);
+    for id in 0..400 {
+        client.query(&format!("INSERT INTO t VALUES ({id}, '{pad}')")).await.unwrap();
+    }
+    let end = lsn_of(client.query("SELECT current_lsn()").await.unwrap());
+    assert!(end.0 - start_lsn.0 > 16 << 20, "only {} bytes of WAL", end.0 - start_lsn.0);
+
+    // A message a streaming standby may not send, while frames are queued behind a full socket.
+    standby.send(ClientMessage::from(Query { sql: "SELECT 1".into() })).await.unwrap();
+
+    let mut next = start_lsn.0;
+    let error = loop {
+        let frame = tokio::time::timeout(Duration::from_secs(30), standby.next())
+            .await
+            .expect("the primary kept sending")
+            .expect("the connection ended with an error frame")
+            .expect("every frame decodes whole");
+        match frame.msg {
+            Some(Msg::WalData(w)) => {
+                assert_eq!(w.start_lsn, next, "WAL frames are contiguous: nothing skipped or sent twice");
+                next += w.data.len() as u64;
+            }
+            Some(Msg::Keepalive(_)) => {}
+            Some(Msg::Error(e)) => break e,
+            other => panic!("unexpected {other:?}"),
+        }
+    };
+    assert_eq!(error.code, "protocol_violation", "{error:?}");
+    assert!(error.message.contains("not accepted while WAL streams"), "{}", error.message);
+    assert!(next > start_lsn.0 && next <= end.0, "WAL sent up to {next}, durable end {}", end.0);
+    server.shutdown().await;
+}

@@ -260,6 +260,9 @@ pub struct Replication {
     state: Mutex<State>,
     samples: Mutex<LagSamples>,
     waits: Mutex<Waits>,
+    /// The send sides of the streaming standbys, by standby id (at most [`STANDBYS_MAX`]), in a
+    /// lock of their own so the publish hook never waits behind acknowledgements.
+    pushes: Mutex<Vec<(u64, Arc<WalPush>)>>,
     /// One per level above `local`.
     relays: Vec<Arc<LevelRelay>>,
 }
@@ -356,6 +359,7 @@ impl Replication {
             state: Mutex::new(state),
             samples: Mutex::new(LagSamples::new()),
             waits: Mutex::new(Waits::default()),
+            pushes: Mutex::new(Vec::new()),
             relays: [SyncLevel::RemoteWrite, SyncLevel::RemoteFlush, SyncLevel::RemoteApply]
                 .into_iter()
                 .map(|level| Arc::new(LevelRelay { replication: Weak::clone(weak), level }))
@@ -372,30 +376,15 @@ impl Replication {
         &self.rule
     }
 
-    /// From the engine's publish hook on the flusher thread: must be cheap and never block on
-    /// async code. Records (lsn, Instant) in a bounded ring for lag measurement, then sends the
-    /// new WAL to every streaming standby that can take it at once (see [`WalPush`]).
+    /// From the engine's publish hook on the flusher thread: never blocks on async code or on
+    /// a socket. Records (lsn, Instant) in a bounded ring for lag measurement, then sends the
+    /// new WAL to every streaming standby that can take it at once: one `pread` and one
+    /// non-blocking `write` each (see [`WalPush`]). Takes only the samples and pushes locks,
+    /// which nothing holds for long.
     pub fn on_published(&self, lsn: Lsn) {
         lock(&self.samples).record(lsn, Instant::now());
-        // Socket writes happen outside the state lock; at most STANDBYS_MAX entries.
-        let pushes: Vec<(u64, Arc<WalPush>)> = lock(&self.state)
-            .standbys
-            .iter()
-            .filter_map(|(id, s)| Some((*id, Arc::clone(s.push.as_ref()?))))
-            .collect();
-        if pushes.is_empty() {
-            return;
-        }
-        let sent: Vec<(u64, Lsn)> =
-            pushes.iter().filter_map(|(id, push)| Some((*id, push.on_published(&self.db)?))).collect();
-        if sent.is_empty() {
-            return;
-        }
-        let mut st = lock(&self.state);
-        for (id, lsn) in sent {
-            if let Some(s) = st.standbys.get_mut(&id) {
-                s.sent = Some(s.sent.map_or(lsn, |old| old.max(lsn)));
-            }
+        for (_, push) in lock(&self.pushes).iter() {
+            push.on_published(&self.db);
         }
     }
 
@@ -630,7 +619,10 @@ impl StandbyHandle {
 
     /// New WAL goes to the standby through `push` from the publish hook on.
     pub(crate) fn set_push(&self, push: Arc<WalPush>) {
-        let (_state, ()) = self.with_standby(|s| s.push = Some(push));
+        let (_state, ()) = self.with_standby(|s| s.push = Some(Arc::clone(&push)));
+        let mut pushes = lock(&self.replication.pushes);
+        pushes.retain(|(id, _)| *id != self.id);
+        pushes.push((self.id, push));
     }
 
     /// WAL up to `lsn` was sent to the standby.
@@ -715,6 +707,7 @@ impl Drop for StandbyHandle {
         let r = &*self.replication;
         let mut st = lock(&r.state);
         let standby = st.standbys.remove(&self.id);
+        lock(&r.pushes).retain(|(id, _)| *id != self.id);
         let slot = standby.as_ref().and_then(|s| s.slot.clone());
         if let Some(name) = &slot {
             if let Some(s) = st.slots.get_mut(name) {
@@ -769,7 +762,7 @@ impl ReplicationHost for Replication {
                 Value::Text(standby.name.clone()),
                 Value::Text(standby.peer.to_string()),
                 Value::Text(standby.state.as_str().into()),
-                lsn_text(standby.sent),
+                lsn_text(standby.push.as_ref().map(|p| p.sent()).max(standby.sent)),
                 lsn_text(p.map(|p| p.written)),
                 lsn_text(p.map(|p| p.flushed)),
                 lsn_text(p.map(|p| p.replayed)),

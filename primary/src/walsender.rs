@@ -342,16 +342,7 @@ impl WalPush {
             self.wake.notify_one();
             return;
         }
-        let whole = match s.next_frame(flushed) {
-            Ok(frame) => {
-                let whole = s.writer.write(&frame, "WAL");
-                if s.writer.failed().is_none() {
-                    self.sent.store(s.pos.0, Ordering::Release);
-                }
-                whole
-            }
-            Err(_) => false,
-        };
+        let whole = self.send_next(&mut s, flushed).unwrap_or(false);
         drop(s);
         // A backlog, a failure or a read error: the task handles each (it reads again and
         // reports a read error to the standby).
@@ -376,11 +367,20 @@ impl WalPush {
         if s.pos >= flushed {
             return Ok(Step::CaughtUp);
         }
-        let frame = s.next_frame(flushed)?;
         // A failed write shows at the next step's drain.
-        s.writer.write(&frame, "WAL");
-        self.sent.store(s.pos.0, Ordering::Release);
+        self.send_next(&mut s, flushed)?;
         Ok(Step::Sent)
+    }
+
+    /// Sends the next frame of WAL toward `flushed` (what the socket does not take joins the
+    /// backlog) and records it as sent unless the write failed. True when it went out whole.
+    fn send_next(&self, s: &mut PushState, flushed: Lsn) -> Result<bool, StepError> {
+        let frame = s.next_frame(flushed)?;
+        let whole = s.writer.write(&frame, "WAL");
+        if s.writer.failed().is_none() {
+            self.sent.store(s.pos.0, Ordering::Release);
+        }
+        Ok(whole)
     }
 
     /// Sends a keepalive if nothing waits ahead of it (a standby that does not read gets none;

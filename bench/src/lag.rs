@@ -36,6 +36,7 @@
 //! hindsight side fails (the command then exits non-zero). See `docs/benchmarks.md`.
 
 use crate::commit::{hindsight_binary, ClientRun, Server, ADMIN_SECRET_FILE, CLIENTS_MAX, LOG_TAIL_LINES};
+use crate::machine::{self, CpuUse};
 use crate::postgres::{self, Postgres, PsqlSession, PG_REPLICATION_SETTINGS};
 use crate::stats::{latency_histogram, round1, round3, thousands, work_dir, LATENCY_US_MAX};
 use crate::workload::expected_balance_sum;
@@ -182,6 +183,8 @@ pub struct SystemRun {
     pub lag_phase: ClientRun,
     /// The remote_apply phase's commits.
     pub remote_apply: ClientRun,
+    /// The whole machine's CPU use during the remote_apply phase (`None` where unknown).
+    pub remote_apply_cpu: Option<CpuUse>,
 }
 
 impl SystemRun {
@@ -202,7 +205,21 @@ impl SystemRun {
         m.insert("remote_apply_txns".into(), json!(ra.txns));
         m.insert("lag_phase_tps".into(), json!(round1(self.lag_phase.tps)));
         m.insert("lag_phase_txns".into(), json!(self.lag_phase.stats.txns));
+        m.insert(
+            "remote_apply_cpu_us_per_commit".into(),
+            json!(self.remote_apply_cpu_us_per_commit().map(round1)),
+        );
+        m.insert(
+            "remote_apply_steal_pct".into(),
+            json!(self.remote_apply_cpu.map(|c| round1(c.steal_fraction * 100.0))),
+        );
         m
+    }
+
+    /// The whole machine's busy CPU time per commit in the remote_apply phase: both servers,
+    /// the client and the kernel's work for them.
+    fn remote_apply_cpu_us_per_commit(&self) -> Option<f64> {
+        self.remote_apply_cpu.and_then(|c| c.us_per(self.remote_apply.stats.txns))
     }
 }
 
@@ -211,6 +228,7 @@ impl SystemRun {
 enum Unit {
     Seconds,
     Milliseconds,
+    Microseconds,
     PerSecond,
 }
 
@@ -219,6 +237,7 @@ impl Unit {
         match self {
             Unit::Seconds => format!("{x:.3} s"),
             Unit::Milliseconds => format!("{x:.2} ms"),
+            Unit::Microseconds => format!("{x:.0} us"),
             Unit::PerSecond => thousands(x),
         }
     }
@@ -235,7 +254,7 @@ struct TableFigure {
 }
 
 /// The table's rows, in order.
-const TABLE_FIGURES: [TableFigure; 8] = [
+const TABLE_FIGURES: [TableFigure; 9] = [
     TableFigure {
         label: "bootstrap: empty dir to caught up",
         value: |r| Some(r.bootstrap.as_secs_f64()),
@@ -283,6 +302,12 @@ const TABLE_FIGURES: [TableFigure; 8] = [
         value: |r| Some(r.remote_apply.stats.latency_us(0.99) as f64 / 1000.0),
         higher_is_better: false,
         unit: Unit::Milliseconds,
+    },
+    TableFigure {
+        label: "remote_apply CPU per commit (machine)",
+        value: SystemRun::remote_apply_cpu_us_per_commit,
+        higher_is_better: false,
+        unit: Unit::Microseconds,
     },
 ];
 
@@ -402,16 +427,32 @@ impl LagReport {
             ]);
         }
         let samples = |r: &SystemRun| format!("{} (+{} NULL)", r.lag.samples(), r.lag.idle);
+        let stolen = |r: &SystemRun| r.remote_apply_cpu.map(|c| format!("{:.1}%", c.steal_fraction * 100.0));
+        let pg_text = |text: Option<String>| {
+            if self.postgres.is_some() {
+                cell(&self.postgres, text)
+            } else {
+                String::new()
+            }
+        };
         rows.push([
             "lag samples every 10 ms".to_string(),
             cell(&self.hindsight, h.map(samples)),
-            if self.postgres.is_some() { cell(&self.postgres, p.map(samples)) } else { String::new() },
+            pg_text(p.map(samples)),
+            String::new(),
+        ]);
+        rows.push([
+            "CPU stolen by the host, remote_apply".to_string(),
+            cell(&self.hindsight, h.and_then(stolen)),
+            pg_text(p.and_then(stolen)),
             String::new(),
         ]);
         out.push_str(&crate::format_table(&["metric", "hindsight", "PostgreSQL", "vs PostgreSQL"], &rows));
         out.push_str(
             "\nvs PostgreSQL: how many times better hindsight is (PostgreSQL / hindsight for times and lags, \
-             hindsight / PostgreSQL for throughput)\n",
+             hindsight / PostgreSQL for throughput)\n\
+             CPU per commit: the whole machine's busy time over the phase (both servers, the client, \
+             the kernel) per commit; phases with much CPU stolen ran on a slower machine\n",
         );
         for (system, side) in [("hindsight", &self.hindsight), ("PostgreSQL", &self.postgres)] {
             if let Some(Err(e)) = side {
@@ -856,8 +897,8 @@ fn run_hindsight(opts: &LagOptions) -> Result<SystemRun> {
     // Phase 4: remote_apply commits.
     eprintln!("lag: hindsight, remote_apply phase ({} txns)", thousands(opts.txns as f64));
     check_session_setting(&runtime, primary.addr, secret, REMOTE_APPLY)?;
-    let remote_apply = runtime
-        .block_on(crate::client::update_phase(
+    let (remote_apply, remote_apply_cpu) = machine::measure(|| {
+        runtime.block_on(crate::client::update_phase(
             primary.addr,
             secret,
             opts.rows,
@@ -865,7 +906,8 @@ fn run_hindsight(opts: &LagOptions) -> Result<SystemRun> {
             opts.clients,
             &[&set_synchronous_commit(REMOTE_APPLY)],
         ))
-        .with_context(logs)?;
+    });
+    let remote_apply = remote_apply.with_context(logs)?;
     // remote_apply: every acknowledged commit is visible on the replica, so no waiting here.
     let expected = expected_balance_sum(opts.rows, lag_phase.stats.txns + remote_apply.stats.txns);
     let sum = on_replica.balance_sum()?;
@@ -879,7 +921,7 @@ fn run_hindsight(opts: &LagOptions) -> Result<SystemRun> {
     admin.close();
     replica.stop().with_context(|| format!("stop the replica ({})", logs()))?;
     primary.stop().with_context(|| format!("stop the primary ({})", logs()))?;
-    Ok(SystemRun { bootstrap, lag, lag_phase, remote_apply })
+    Ok(SystemRun { bootstrap, lag, lag_phase, remote_apply, remote_apply_cpu })
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -1011,7 +1053,9 @@ fn run_postgres(bin: &Path, opts: &LagOptions, version: &mut Option<String>) -> 
         shown == REMOTE_APPLY,
         "a session started with synchronous_commit={REMOTE_APPLY} shows {shown:?}"
     );
-    let remote_apply = primary.pgbench_updates_with(opts.rows, opts.txns, opts.clients, &remote_apply)?;
+    let (remote_apply, remote_apply_cpu) =
+        machine::measure(|| primary.pgbench_updates_with(opts.rows, opts.txns, opts.clients, &remote_apply));
+    let remote_apply = remote_apply?;
     let expected = expected_balance_sum(opts.rows, lag_phase.stats.txns + remote_apply.stats.txns);
     let sum = standby.balance_sum()?;
     ensure!(
@@ -1024,7 +1068,13 @@ fn run_postgres(bin: &Path, opts: &LagOptions, version: &mut Option<String>) -> 
     let (mut standby, mut primary) = (standby, primary);
     standby.stop()?;
     primary.stop()?;
-    Ok(SystemRun { bootstrap, lag, lag_phase: lag_phase.into(), remote_apply: remote_apply.into() })
+    Ok(SystemRun {
+        bootstrap,
+        lag,
+        lag_phase: lag_phase.into(),
+        remote_apply: remote_apply.into(),
+        remote_apply_cpu,
+    })
 }
 
 #[cfg(test)]
@@ -1244,6 +1294,7 @@ mod tests {
             lag,
             lag_phase: client_run.clone(),
             remote_apply: client_run,
+            remote_apply_cpu: Some(CpuUse { busy_s: 0.0004, steal_fraction: 0.125 }),
         }
     }
 
@@ -1285,6 +1336,9 @@ mod tests {
         assert_eq!(j["postgres"]["version"], json!("postgres (PostgreSQL) 15.18"));
         assert_eq!(j["ratio_remote_apply_tps"], json!(2.0));
         assert_eq!(j["ratio_replay_lag_p99"], json!(4.0));
+        // 0.4 ms of CPU over the one commit of each side; 12.5% stolen.
+        assert_eq!(j["remote_apply_cpu_us_per_commit"], json!(400.0));
+        assert_eq!(j["postgres"]["remote_apply_steal_pct"], json!(12.5));
         assert!(report.first_error().is_none());
         let table = report.to_table();
         assert!(table.contains("remote_apply commit_tps") && table.contains("2.00x"), "{table}");

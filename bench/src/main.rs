@@ -16,8 +16,10 @@
 //!   side): time from an empty directory to a caught-up replica, replay lag while the primary
 //!   takes updates, and commit throughput with `synchronous_commit = remote_apply`.
 //!
-//! Latencies are hdrhistogram percentiles ([`stats`]). Progress goes to stderr; the report goes
-//! to stdout, as a table or (`--json`) as exactly one JSON object. See `docs/benchmarks.md`.
+//! Latencies are hdrhistogram percentiles ([`stats`]); `lag` also reports the whole machine's
+//! CPU per commit and the share the host stole ([`machine`]). Progress goes to stderr; the
+//! report goes to stdout, as a table or (`--json`) as exactly one JSON object. See
+//! `docs/benchmarks.md`.
 
 /// mimalloc: replay and snapshot loading allocate a small block per row version, and
 /// glibc malloc's free-list maintenance showed up in their profiles.
@@ -28,6 +30,7 @@ mod client;
 mod commit;
 mod engine;
 mod lag;
+mod machine;
 mod postgres;
 mod stats;
 mod workload;

@@ -11,6 +11,7 @@
 //! pieces ([`load_accounts`], [`update_phase`], [`balance_sum`]) from its own runtime.
 
 use crate::commit::ClientRun;
+use crate::machine::{self, CpuTimes};
 use crate::stats::{latency_histogram, record_latency, CommitStats};
 use crate::workload::{
     expected_balance_sum, load_txn_ranges, load_txn_sql, share, update_sql, CREATE_ACCOUNTS, UPDATE_SEED,
@@ -135,6 +136,7 @@ pub async fn update_phase(
     }
     let start_lsn = current_lsn(&mut admin).await?;
     let started = Instant::now();
+    let cpu_start = CpuTimes::now();
     let tasks: Vec<_> = connections
         .into_iter()
         .enumerate()
@@ -150,10 +152,11 @@ pub async fn update_phase(
         conflicts += c;
     }
     let elapsed = started.elapsed();
+    let cpu = machine::used_since(cpu_start);
     let wal_bytes = current_lsn(&mut admin).await?.bytes_since(start_lsn);
     admin.close().await;
     let stats = CommitStats { txns: hist.len(), elapsed, hist };
-    Ok(ClientRun { tps: stats.tps(), stats, wal_bytes: Some(wal_bytes), failed: 0, retried: conflicts })
+    Ok(ClientRun { tps: stats.tps(), stats, wal_bytes: Some(wal_bytes), failed: 0, retried: conflicts, cpu })
 }
 
 /// One client: `count` updates of random accounts on its own connection.

@@ -12,6 +12,7 @@
 //! bench reads the address from its `listening on` line and the admin secret from
 //! `DIR/admin.secret`.
 
+use crate::machine::CpuUse;
 use crate::postgres::{self, PgbenchRun, Postgres};
 use crate::stats::{ms, round1, round3, thousands, work_dir, CommitStats};
 use anyhow::{bail, Context, Result};
@@ -63,6 +64,8 @@ pub struct ClientRun {
     pub failed: u64,
     /// Serialization failures retried (the hindsight client retries; pgbench does not).
     pub retried: u64,
+    /// The whole machine's CPU use while the transactions ran (`None` where unknown).
+    pub cpu: Option<CpuUse>,
 }
 
 impl ClientRun {
@@ -80,7 +83,14 @@ impl ClientRun {
 
 impl From<PgbenchRun> for ClientRun {
     fn from(r: PgbenchRun) -> ClientRun {
-        ClientRun { tps: r.tps, wal_bytes: Some(r.wal_bytes), failed: r.failed, retried: 0, stats: r.stats }
+        ClientRun {
+            tps: r.tps,
+            wal_bytes: Some(r.wal_bytes),
+            failed: r.failed,
+            retried: 0,
+            stats: r.stats,
+            cpu: r.cpu,
+        }
     }
 }
 
@@ -485,7 +495,14 @@ mod tests {
         let mut hist = latency_histogram();
         hist.record(1000).unwrap();
         let stats = CommitStats { txns: 1, elapsed: Duration::from_millis(1), hist };
-        let run = |tps| ClientRun { stats: stats.clone(), tps, wal_bytes: Some(100), failed: 0, retried: 0 };
+        let run = |tps| ClientRun {
+            stats: stats.clone(),
+            tps,
+            wal_bytes: Some(100),
+            failed: 0,
+            retried: 0,
+            cpu: None,
+        };
         let report = CommitReport {
             opts: CommitOptions {
                 rows: 10,

@@ -36,7 +36,6 @@
 //! hindsight side fails (the command then exits non-zero). See `docs/benchmarks.md`.
 
 use crate::commit::{hindsight_binary, ClientRun, Server, ADMIN_SECRET_FILE, CLIENTS_MAX, LOG_TAIL_LINES};
-use crate::machine::{self, CpuUse};
 use crate::postgres::{self, Postgres, PsqlSession, PG_REPLICATION_SETTINGS};
 use crate::stats::{latency_histogram, round1, round3, thousands, work_dir, LATENCY_US_MAX};
 use crate::workload::expected_balance_sum;
@@ -181,10 +180,8 @@ pub struct SystemRun {
     pub lag: LagSamples,
     /// The lag phase's commits (`synchronous_commit = local`).
     pub lag_phase: ClientRun,
-    /// The remote_apply phase's commits.
+    /// The remote_apply phase's commits, with the machine's CPU use while they ran.
     pub remote_apply: ClientRun,
-    /// The whole machine's CPU use during the remote_apply phase (`None` where unknown).
-    pub remote_apply_cpu: Option<CpuUse>,
 }
 
 impl SystemRun {
@@ -211,7 +208,7 @@ impl SystemRun {
         );
         m.insert(
             "remote_apply_steal_pct".into(),
-            json!(self.remote_apply_cpu.map(|c| round1(c.steal_fraction * 100.0))),
+            json!(self.remote_apply.cpu.map(|c| round1(c.steal_fraction * 100.0))),
         );
         m
     }
@@ -219,7 +216,7 @@ impl SystemRun {
     /// The whole machine's busy CPU time per commit in the remote_apply phase: both servers,
     /// the client and the kernel's work for them.
     fn remote_apply_cpu_us_per_commit(&self) -> Option<f64> {
-        self.remote_apply_cpu.and_then(|c| c.us_per(self.remote_apply.stats.txns))
+        self.remote_apply.cpu.and_then(|c| c.us_per(self.remote_apply.stats.txns))
     }
 }
 
@@ -427,7 +424,7 @@ impl LagReport {
             ]);
         }
         let samples = |r: &SystemRun| format!("{} (+{} NULL)", r.lag.samples(), r.lag.idle);
-        let stolen = |r: &SystemRun| r.remote_apply_cpu.map(|c| format!("{:.1}%", c.steal_fraction * 100.0));
+        let stolen = |r: &SystemRun| r.remote_apply.cpu.map(|c| format!("{:.1}%", c.steal_fraction * 100.0));
         let pg_text = |text: Option<String>| {
             if self.postgres.is_some() {
                 cell(&self.postgres, text)
@@ -449,7 +446,7 @@ impl LagReport {
         ]);
         out.push_str(&crate::format_table(&["metric", "hindsight", "PostgreSQL", "vs PostgreSQL"], &rows));
         out.push_str(
-            "\nvs PostgreSQL: how many times better hindsight is (PostgreSQL / hindsight for times and lags, \
+            "\nvs PostgreSQL: how many times better hindsight is (PostgreSQL / hindsight for times, lags and CPU, \
              hindsight / PostgreSQL for throughput)\n\
              CPU per commit: the whole machine's busy time over the phase (both servers, the client, \
              the kernel) per commit; phases with much CPU stolen ran on a slower machine\n",
@@ -897,8 +894,8 @@ fn run_hindsight(opts: &LagOptions) -> Result<SystemRun> {
     // Phase 4: remote_apply commits.
     eprintln!("lag: hindsight, remote_apply phase ({} txns)", thousands(opts.txns as f64));
     check_session_setting(&runtime, primary.addr, secret, REMOTE_APPLY)?;
-    let (remote_apply, remote_apply_cpu) = machine::measure(|| {
-        runtime.block_on(crate::client::update_phase(
+    let remote_apply = runtime
+        .block_on(crate::client::update_phase(
             primary.addr,
             secret,
             opts.rows,
@@ -906,8 +903,7 @@ fn run_hindsight(opts: &LagOptions) -> Result<SystemRun> {
             opts.clients,
             &[&set_synchronous_commit(REMOTE_APPLY)],
         ))
-    });
-    let remote_apply = remote_apply.with_context(logs)?;
+        .with_context(logs)?;
     // remote_apply: every acknowledged commit is visible on the replica, so no waiting here.
     let expected = expected_balance_sum(opts.rows, lag_phase.stats.txns + remote_apply.stats.txns);
     let sum = on_replica.balance_sum()?;
@@ -921,7 +917,7 @@ fn run_hindsight(opts: &LagOptions) -> Result<SystemRun> {
     admin.close();
     replica.stop().with_context(|| format!("stop the replica ({})", logs()))?;
     primary.stop().with_context(|| format!("stop the primary ({})", logs()))?;
-    Ok(SystemRun { bootstrap, lag, lag_phase, remote_apply, remote_apply_cpu })
+    Ok(SystemRun { bootstrap, lag, lag_phase, remote_apply })
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -1053,9 +1049,7 @@ fn run_postgres(bin: &Path, opts: &LagOptions, version: &mut Option<String>) -> 
         shown == REMOTE_APPLY,
         "a session started with synchronous_commit={REMOTE_APPLY} shows {shown:?}"
     );
-    let (remote_apply, remote_apply_cpu) =
-        machine::measure(|| primary.pgbench_updates_with(opts.rows, opts.txns, opts.clients, &remote_apply));
-    let remote_apply = remote_apply?;
+    let remote_apply = primary.pgbench_updates_with(opts.rows, opts.txns, opts.clients, &remote_apply)?;
     let expected = expected_balance_sum(opts.rows, lag_phase.stats.txns + remote_apply.stats.txns);
     let sum = standby.balance_sum()?;
     ensure!(
@@ -1068,18 +1062,13 @@ fn run_postgres(bin: &Path, opts: &LagOptions, version: &mut Option<String>) -> 
     let (mut standby, mut primary) = (standby, primary);
     standby.stop()?;
     primary.stop()?;
-    Ok(SystemRun {
-        bootstrap,
-        lag,
-        lag_phase: lag_phase.into(),
-        remote_apply: remote_apply.into(),
-        remote_apply_cpu,
-    })
+    Ok(SystemRun { bootstrap, lag, lag_phase: lag_phase.into(), remote_apply: remote_apply.into() })
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::machine::CpuUse;
     use crate::stats::CommitStats;
     use hindsight_primary::client::{Column, ColumnType};
 
@@ -1279,11 +1268,13 @@ mod tests {
         assert!(phase_failed.unwrap_err().to_string().contains("boom"));
     }
 
-    fn run_with(tps: f64, lag_ms: &[f64]) -> SystemRun {
+    /// A run with one remote_apply commit that took `cpu_us` of the machine's CPU.
+    fn run_with(tps: f64, lag_ms: &[f64], cpu_us: Option<f64>, steal_fraction: f64) -> SystemRun {
         let mut hist = latency_histogram();
         hist.record(2_000).unwrap();
         let stats = CommitStats { txns: 1, elapsed: Duration::from_millis(1), hist };
-        let client_run = ClientRun { stats, tps, wal_bytes: None, failed: 0, retried: 0 };
+        let cpu = cpu_us.map(|us| CpuUse { busy_s: us / 1e6, steal_fraction });
+        let client_run = ClientRun { stats, tps, wal_bytes: None, failed: 0, retried: 0, cpu };
         let mut lag = LagSamples::new();
         for ms in lag_ms {
             lag.record(LagSample::Lag(*ms));
@@ -1294,7 +1285,6 @@ mod tests {
             lag,
             lag_phase: client_run.clone(),
             remote_apply: client_run,
-            remote_apply_cpu: Some(CpuUse { busy_s: 0.0004, steal_fraction: 0.125 }),
         }
     }
 
@@ -1307,8 +1297,8 @@ mod tests {
         let report = LagReport {
             opts: opts(),
             // Under 2.048 ms the histogram is exact to the microsecond.
-            hindsight: Some(Ok(run_with(3500.0, &[0.25, 0.5]))),
-            postgres: Some(Ok(run_with(1750.0, &[1.0, 2.0]))),
+            hindsight: Some(Ok(run_with(3500.0, &[0.25, 0.5], Some(400.0), 0.125))),
+            postgres: Some(Ok(run_with(1750.0, &[1.0, 2.0], Some(600.0), 0.25))),
             postgres_version: Some("postgres (PostgreSQL) 15.18".into()),
         };
         let j = report.to_json();
@@ -1336,12 +1326,19 @@ mod tests {
         assert_eq!(j["postgres"]["version"], json!("postgres (PostgreSQL) 15.18"));
         assert_eq!(j["ratio_remote_apply_tps"], json!(2.0));
         assert_eq!(j["ratio_replay_lag_p99"], json!(4.0));
-        // 0.4 ms of CPU over the one commit of each side; 12.5% stolen.
         assert_eq!(j["remote_apply_cpu_us_per_commit"], json!(400.0));
-        assert_eq!(j["postgres"]["remote_apply_steal_pct"], json!(12.5));
+        assert_eq!(j["remote_apply_steal_pct"], json!(12.5));
+        assert_eq!(j["postgres"]["remote_apply_cpu_us_per_commit"], json!(600.0));
+        assert_eq!(j["postgres"]["remote_apply_steal_pct"], json!(25.0));
         assert!(report.first_error().is_none());
         let table = report.to_table();
         assert!(table.contains("remote_apply commit_tps") && table.contains("2.00x"), "{table}");
+        // CPU per commit: 400 against 600 us, 1.5 times less; steal per side, no ratio.
+        let row = |label: &str| table.lines().find(|l| l.starts_with(label)).unwrap_or_default().to_string();
+        let cpu = row("remote_apply CPU per commit");
+        assert!(cpu.contains("400 us") && cpu.contains("600 us") && cpu.contains("1.50x"), "{table}");
+        let steal = row("CPU stolen by the host");
+        assert!(steal.contains("12.5%") && steal.contains("25.0%") && !steal.contains('x'), "{table}");
     }
 
     #[test]
@@ -1349,13 +1346,20 @@ mod tests {
         let report = LagReport {
             opts: opts(),
             hindsight: Some(Err("no replica command".into())),
-            postgres: Some(Ok(run_with(1750.0, &[]))),
+            postgres: Some(Ok(run_with(1750.0, &[], None, 0.0))),
             postgres_version: None,
         };
         let j = report.to_json();
         assert_eq!(j["error"], json!("no replica command"));
         assert_eq!(j["postgres"]["remote_apply_tps"], json!(1750.0));
         assert_eq!(j["postgres"]["replay_lag_ms_p99"], Json::Null);
+        // No /proc/stat: the CPU figures are null, and `-` in the table.
+        assert_eq!(j["postgres"]["remote_apply_cpu_us_per_commit"], Json::Null);
+        assert_eq!(j["postgres"]["remote_apply_steal_pct"], Json::Null);
+        let table = report.to_table();
+        let cpu_row =
+            table.lines().find(|l| l.starts_with("remote_apply CPU per commit")).unwrap_or_default();
+        assert_eq!(cpu_row.split_whitespace().last(), Some("-"), "{table}");
         assert!(j.get("ratio_remote_apply_tps").is_none());
         assert_eq!(report.first_error().unwrap(), "hindsight: no replica command");
         assert!(report.to_table().contains("error: hindsight: no replica command"));

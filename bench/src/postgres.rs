@@ -21,6 +21,7 @@
 //! its own port), and [`PsqlSession`] keeps one `psql` process open for queries that run every
 //! few milliseconds (starting a `psql` per query costs tens of milliseconds).
 
+use crate::machine::{self, CpuUse};
 use crate::stats::{latency_histogram, CommitStats};
 use anyhow::{bail, Context, Result};
 use std::fs::File;
@@ -169,6 +170,8 @@ pub struct PgbenchRun {
     pub failed: u64,
     /// WAL bytes written during the run (`pg_wal_lsn_diff`).
     pub wal_bytes: u64,
+    /// The whole machine's CPU use while pgbench ran (its connection set-up included).
+    pub cpu: Option<CpuUse>,
 }
 
 /// A running throw-away PostgreSQL cluster.
@@ -506,16 +509,26 @@ impl Postgres {
         }
         let start_lsn = self.current_wal_lsn()?;
         let threads = clients.min(PGBENCH_THREADS_MAX);
-        let out = run(
-            self.command("pgbench")
-                .args(["-n", "-h", "127.0.0.1", "-U", PG_SUPERUSER, "-p", &self.port.to_string()])
-                .args(["-c", &clients.to_string(), "-j", &threads.to_string(), "-t", &per_client.to_string()])
-                .arg("-f")
-                .arg(&script)
-                .args(["--log", "--log-prefix=pgbench_log"])
-                .arg(session_conninfo(settings)),
-            "pgbench",
-        )?;
+        let (out, cpu) = machine::measure(|| {
+            run(
+                self.command("pgbench")
+                    .args(["-n", "-h", "127.0.0.1", "-U", PG_SUPERUSER, "-p", &self.port.to_string()])
+                    .args([
+                        "-c",
+                        &clients.to_string(),
+                        "-j",
+                        &threads.to_string(),
+                        "-t",
+                        &per_client.to_string(),
+                    ])
+                    .arg("-f")
+                    .arg(&script)
+                    .args(["--log", "--log-prefix=pgbench_log"])
+                    .arg(session_conninfo(settings)),
+                "pgbench",
+            )
+        });
+        let out = out?;
         let wal_bytes = self.wal_bytes_since(&start_lsn)?;
         let tps = parse_pgbench_tps(&out).with_context(|| format!("find tps in pgbench's output:\n{out}"))?;
         let mut hist = latency_histogram();
@@ -542,7 +555,7 @@ impl Postgres {
             bail!("pgbench logged no committed transactions:\n{out}");
         }
         let elapsed = Duration::from_secs_f64(committed as f64 / tps.max(f64::MIN_POSITIVE));
-        Ok(PgbenchRun { stats: CommitStats { txns: committed, elapsed, hist }, tps, failed, wal_bytes })
+        Ok(PgbenchRun { stats: CommitStats { txns: committed, elapsed, hist }, tps, failed, wal_bytes, cpu })
     }
 
     /// Stops the server (`pg_ctl stop -m fast`). Idempotent.

@@ -208,7 +208,7 @@ impl SystemRun {
         );
         m.insert(
             "remote_apply_steal_pct".into(),
-            json!(self.remote_apply.cpu.map(|c| round1(c.steal_fraction * 100.0))),
+            json!(self.remote_apply.cpu.map(|c| round1(c.steal_pct()))),
         );
         m
     }
@@ -424,7 +424,7 @@ impl LagReport {
             ]);
         }
         let samples = |r: &SystemRun| format!("{} (+{} NULL)", r.lag.samples(), r.lag.idle);
-        let stolen = |r: &SystemRun| r.remote_apply.cpu.map(|c| format!("{:.1}%", c.steal_fraction * 100.0));
+        let stolen = |r: &SystemRun| r.remote_apply.cpu.map(|c| format!("{:.1}%", c.steal_pct()));
         let pg_text = |text: Option<String>| {
             if self.postgres.is_some() {
                 cell(&self.postgres, text)
@@ -448,7 +448,7 @@ impl LagReport {
         out.push_str(
             "\nvs PostgreSQL: how many times better hindsight is (PostgreSQL / hindsight for times, lags and CPU, \
              hindsight / PostgreSQL for throughput)\n\
-             CPU per commit: the whole machine's busy time over the phase (both servers, the client, \
+             CPU per commit: the whole machine's busy time while the transactions ran (both servers, the client, \
              the kernel) per commit; phases with much CPU stolen ran on a slower machine\n",
         );
         for (system, side) in [("hindsight", &self.hindsight), ("PostgreSQL", &self.postgres)] {

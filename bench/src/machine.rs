@@ -75,6 +75,11 @@ pub struct CpuUse {
 }
 
 impl CpuUse {
+    /// The share stolen, in percent.
+    pub fn steal_pct(&self) -> f64 {
+        self.steal_fraction * 100.0
+    }
+
     /// Busy CPU microseconds per `events` (commits, say); `None` for no events.
     pub fn us_per(&self, events: u64) -> Option<f64> {
         (events > 0).then(|| self.busy_s * 1e6 / events as f64)

@@ -163,13 +163,22 @@ struct Published {
     digest: u64,
 }
 
-/// Called with the new visible Lsn after every publish, on the flusher thread: it must not block.
+/// Called with the new visible Lsn after every publish, on the thread that published (the
+/// flusher, or a replica's receiver confirming upstream durability): it must not block.
 pub type PublishHook = Arc<dyn Fn(Lsn) + Send + Sync>;
+
+/// Called on a primary's committer with the end of the WAL it has just written to the page
+/// cache, before that WAL is durable: it must not block.
+pub type WrittenHook = Arc<dyn Fn(Lsn) + Send + Sync>;
 
 struct Shared {
     published: Mutex<Published>,
     flushed_lsn: AtomicU64,
+    /// How far the upstream reported its WAL durable (a replica): nothing past it is made
+    /// visible. `u64::MAX` on a primary, which has no upstream.
+    upstream_durable: AtomicU64,
     publish_hooks: parking_lot::RwLock<Vec<PublishHook>>,
+    written_hooks: parking_lot::RwLock<Vec<WrittenHook>>,
     holds: WalHolds,
     /// Set when a replica's committer stopped on bad WAL.
     replay_error: Mutex<Option<String>>,
@@ -181,6 +190,28 @@ struct Shared {
 }
 
 impl Shared {
+    /// Makes the newest held group that the upstream has reported durable visible, dropping
+    /// it and the older ones from `held`. Returns the new visible Lsn, if it moved. Called
+    /// with the flush queue locked, by whichever of the flusher and the upstream's report
+    /// comes second, so a group is published once both have happened.
+    fn publish_confirmed(&self, store: &Store, q: &mut FlushQueue) -> Option<Lsn> {
+        let durable = self.upstream_durable.load(Ordering::Acquire);
+        let mut newest = None;
+        while q.held.front().is_some_and(|state| state.lsn.0 <= durable) {
+            newest = q.held.pop_front();
+        }
+        newest.map(|state| {
+            let mut published = self.published.lock();
+            store.publish(state.lsn, state.commit_time_us);
+            *published = state;
+            state.lsn
+        })
+    }
+
+    fn run_publish_hooks(&self, lsn: Lsn) {
+        self.publish_hooks.read().iter().for_each(|hook| hook(lsn));
+    }
+
     /// A read view at the published Lsn and the metadata of a snapshot of it (a checkpoint's
     /// or a base backup's).
     fn snapshot_point(
@@ -262,6 +293,9 @@ struct Group {
 #[derive(Default)]
 struct FlushQueue {
     groups: std::collections::VecDeque<Group>,
+    /// A replica's flushed groups whose Lsn its upstream has not reported durable yet, oldest
+    /// first: they become visible when it does ([`Database::confirm_upstream`]).
+    held: std::collections::VecDeque<Published>,
     file: Option<Arc<File>>,
     flushed: Option<Lsn>,
     poisoned: Option<String>,
@@ -315,20 +349,14 @@ impl Flusher {
                 continue;
             }
             let mut acks = Vec::new();
-            let mut last = None;
             while q.groups.front().is_some_and(|g| g.written <= target) {
                 let g = q.groups.pop_front().expect("front exists");
-                last = Some(g.state);
+                q.held.push_back(g.state);
                 acks.extend(g.acks);
             }
             shared.flushed_lsn.fetch_max(target.0, Ordering::AcqRel);
-            let published_lsn = last.map(|state| {
-                let mut published = shared.published.lock();
-                store.publish(state.lsn, state.commit_time_us);
-                *published = state;
-                q.flushed = Some(target);
-                state.lsn
-            });
+            q.flushed = Some(target);
+            let published_lsn = shared.publish_confirmed(store, &mut q);
             drop(q);
             self.done.notify_all();
             last_acked = acks.iter().filter(|a| a.writer_returns()).count();
@@ -339,7 +367,7 @@ impl Flusher {
             // local commit does not wait for the send.
             let run_hooks = || {
                 if let Some(lsn) = published_lsn {
-                    shared.publish_hooks.read().iter().for_each(|hook| hook(lsn));
+                    shared.run_publish_hooks(lsn);
                 }
             };
             let waits_for_standbys = last_acked < acks.len();
@@ -370,6 +398,8 @@ pub struct Database {
     shared: Arc<Shared>,
     /// The committer's input: requests, and a replica's WAL slices.
     inbox: Arc<Inbox<Request>>,
+    /// The committer's flusher: a replica's upstream reports publish the groups it holds.
+    flusher: Arc<Flusher>,
     standby: bool,
     committer: Mutex<Option<JoinHandle<()>>>,
     system_id: u64,
@@ -570,7 +600,10 @@ impl Database {
             }),
             insert_lsn: AtomicU64::new(writer.insert_lsn().0),
             flushed_lsn: AtomicU64::new(writer.insert_lsn().0),
+            // A replica's own WAL was confirmed by its upstream before it was written, so far.
+            upstream_durable: AtomicU64::new(if standby { writer.insert_lsn().0 } else { u64::MAX }),
             publish_hooks: parking_lot::RwLock::new(Vec::new()),
+            written_hooks: parking_lot::RwLock::new(Vec::new()),
             holds: WalHolds::new(oldest_lsn, config.max_slot_wal_keep_bytes),
             replay_error: Mutex::new(None),
             wal_syncs: AtomicU64::new(0),
@@ -584,6 +617,11 @@ impl Database {
             elapsed_ms = report.elapsed.as_millis() as u64, "database open"
         );
         let inbox = Arc::new(Inbox::new(COMMIT_QUEUE_MAX, WAL_QUEUE_MAX));
+        let flusher = Arc::new(Flusher {
+            queue: Mutex::new(FlushQueue::default()),
+            wake: parking_lot::Condvar::new(),
+            done: parking_lot::Condvar::new(),
+        });
         let enqueued_written = writer.insert_lsn();
         let committer = Committer {
             standby: standby_state,
@@ -602,11 +640,7 @@ impl Database {
             checkpoint_waiters: Vec::new(),
             last_checkpoint: Instant::now(),
             wal_at_checkpoint: wal_end,
-            flusher: Arc::new(Flusher {
-                queue: Mutex::new(FlushQueue::default()),
-                wake: parking_lot::Condvar::new(),
-                done: parking_lot::Condvar::new(),
-            }),
+            flusher: Arc::clone(&flusher),
             flusher_thread: None,
             snapshot_thread: None,
             enqueued: wal_end,
@@ -619,6 +653,7 @@ impl Database {
             store,
             shared,
             inbox,
+            flusher,
             standby,
             committer: Mutex::new(Some(handle)),
             system_id: control.system_id,
@@ -764,6 +799,31 @@ impl Database {
         self.shared.publish_hooks.write().push(hook);
     }
 
+    /// Adds a function the committer of a primary calls after writing each group, with the
+    /// end of the WAL written (not yet durable): a primary starts sending it to its standbys
+    /// there, so their fdatasync runs alongside its own (decision #34).
+    pub fn add_written_hook(&self, hook: WrittenHook) {
+        self.shared.written_hooks.write().push(hook);
+    }
+
+    /// A replica: the upstream reported its WAL durable up to `lsn`. Flushed WAL up to there
+    /// becomes visible (and the publish hooks run on this thread); WAL past it stays
+    /// invisible, since the upstream could still lose it in a crash.
+    pub fn confirm_upstream(&self, lsn: Lsn) {
+        assert!(self.standby, "a primary has no upstream");
+        let before = self.shared.upstream_durable.fetch_max(lsn.0, Ordering::AcqRel);
+        if before >= lsn.0 {
+            return;
+        }
+        let mut q = self.flusher.queue.lock();
+        let published = self.shared.publish_confirmed(&self.store, &mut q);
+        drop(q);
+        if let Some(lsn) = published {
+            self.flusher.done.notify_all();
+            self.shared.run_publish_hooks(lsn);
+        }
+    }
+
     /// Keeps the WAL from `lsn` on until the hold is moved or released (see [`WalHolds`]);
     /// `capped` holds are invalidated past `max_slot_wal_keep_bytes`.
     pub fn hold_wal(&self, name: &str, lsn: Lsn, capped: bool) -> std::result::Result<(), HoldError> {
@@ -790,12 +850,29 @@ impl Database {
         self.shared.holds.oldest_lsn()
     }
 
-    /// The end of the WAL that is durable here: what a WAL sender may send.
+    /// The end of the WAL that no crash can take back: on a primary, what it has made durable
+    /// and visible; on a replica, what it has flushed and its upstream reported durable. A WAL
+    /// sender reports it to its standbys, which show nothing past it.
     pub fn flushed_lsn(&self) -> Lsn {
         if self.standby {
-            Lsn(self.shared.flushed_lsn.load(Ordering::Acquire))
+            let own = self.shared.flushed_lsn.load(Ordering::Acquire);
+            Lsn(own.min(self.shared.upstream_durable.load(Ordering::Acquire)))
         } else {
             self.shared.published.lock().lsn
+        }
+    }
+
+    /// The end of the WAL a WAL sender may send: on a primary, everything written, durable
+    /// or not (its standbys hold what is not durable invisible until [`flushed_lsn`] passes
+    /// it); on a replica, only [`flushed_lsn`], so a cascade never sends early.
+    ///
+    /// [`flushed_lsn`]: Database::flushed_lsn
+    pub fn sendable_lsn(&self) -> Lsn {
+        if self.standby {
+            self.flushed_lsn()
+        } else {
+            let written = Lsn(self.shared.insert_lsn.load(Ordering::Acquire));
+            written.max(self.flushed_lsn())
         }
     }
 
@@ -1093,6 +1170,10 @@ impl Committer {
                         self.shared.replay_error.lock().get_or_insert_with(|| e.to_string());
                         self.poison(&e);
                     }
+                    // A group per slice: the upstream reports durability at the ends of the
+                    // slices it sends, and a group becomes visible only whole, so a group
+                    // spanning two slices would wait for the later one's report.
+                    self.hand_to_flusher(Vec::new());
                 }
                 Request::Shutdown => stop = true,
             }
@@ -1143,6 +1224,9 @@ impl Committer {
         q.groups.push_back(Group { state, written, acks });
         drop(q);
         self.flusher.wake.notify_one();
+        if self.standby.is_none() {
+            self.shared.written_hooks.read().iter().for_each(|hook| hook(written));
+        }
     }
 
     /// Waits until everything handed to the flusher is durable and published.

@@ -38,6 +38,8 @@ fn stream(primary: &Database, replica: &Database, slice: &mut usize, pos: &mut L
         }
         *pos = pos.add(n as u64);
     }
+    // Everything fed was durable on the primary.
+    replica.confirm_upstream(upto);
 }
 
 /// Streams until the replica shows everything the primary has published (a checkpoint's own
@@ -154,4 +156,67 @@ fn a_standby_refuses_a_gap_and_stops_on_corrupt_wal() {
     assert!(again.to_string().contains(&error[..20]), "{again}");
     let again = replica.try_apply_wal(Lsn(start.0 + buf.len() as u64), vec![0]).unwrap_err();
     assert!(again.to_string().contains(&error[..20]), "{again}");
+}
+
+/// Waits until `cond` holds for the replica, or fails after 10 s.
+fn wait_for(replica: &Database, what: &str, cond: impl Fn(&hindsight_engine::db::Status) -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !cond(&replica.status()) {
+        assert!(Instant::now() < deadline, "{what}: {:?}", replica.status());
+        std::thread::sleep(Duration::from_millis(1));
+    }
+}
+
+/// A primary sends WAL before it is durable (decision #34): a replica writes, flushes and
+/// replays it at once but shows nothing past what its upstream reported durable, whatever the
+/// order of its own flush and the upstream's report.
+#[test]
+fn a_standby_shows_only_what_its_upstream_reported_durable() {
+    let pdir = tempfile::tempdir().unwrap();
+    let rdir = tempfile::tempdir().unwrap();
+    let primary = Database::open(pdir.path(), config()).unwrap();
+    let def = create_accounts(&primary);
+    take_backup(&primary, rdir.path());
+    let replica = Database::open_standby(rdir.path(), config()).unwrap();
+    let start = replica.status().insert_lsn;
+    let mut reader = RawWalReader::new(&primary.wal_dir(), primary.timeline(), primary.segment_size_bytes());
+    let mut ends = Vec::new();
+    for i in 0..3 {
+        primary.commit(writes(&def, primary.read_view().lsn(), &[(i, Some(i * 10))])).unwrap();
+        ends.push(primary.flushed_lsn());
+    }
+    // A slice per commit, as the primary sends them.
+    let mut from = start;
+    for end in &ends {
+        let mut buf = Vec::new();
+        reader.read(from, *end, 1 << 20, &mut buf).unwrap();
+        replica.apply_wal(from, buf).unwrap();
+        from = *end;
+    }
+    // Flushed here, but the upstream has said nothing: nothing shows.
+    wait_for(&replica, "the replica flushes the WAL", |s| s.flushed_lsn == ends[2]);
+    let status = replica.status();
+    assert_eq!(status.visible_lsn, start, "nothing past the upstream's durable end shows");
+    assert_eq!(replica.flushed_lsn(), start, "a cascade sends nothing unconfirmed");
+    assert_eq!(replica.lsn_ladder(), (ends[2], ends[2], start), "flushed is the replica's own");
+    // Confirmed one commit at a time, the replica shows exactly each commit's state.
+    for (i, end) in ends.iter().enumerate() {
+        replica.confirm_upstream(*end);
+        assert_eq!(replica.status().visible_lsn, *end);
+        assert_eq!(replica.flushed_lsn(), *end);
+        let view = replica.read_view();
+        assert_eq!(view.lsn(), *end);
+        assert_eq!(dump(&replica).len(), i + 1, "commit {i} shows, and no later one");
+    }
+    assert_eq!(replica.status().digest, primary.status().digest);
+    // The other order: the upstream reports durability before the replica has the WAL.
+    primary.commit(writes(&def, primary.read_view().lsn(), &[(7, Some(70))])).unwrap();
+    let end = primary.flushed_lsn();
+    replica.confirm_upstream(end);
+    assert_eq!(replica.status().visible_lsn, ends[2], "a report alone shows nothing");
+    let mut buf = Vec::new();
+    reader.read(ends[2], end, 1 << 20, &mut buf).unwrap();
+    replica.apply_wal(ends[2], buf).unwrap();
+    wait_for(&replica, "the flush publishes what was confirmed first", |s| s.visible_lsn == end);
+    assert_eq!(dump(&replica), dump(&primary));
 }

@@ -122,6 +122,13 @@ impl Server {
                 replication.on_published(lsn);
             }
         }));
+        // Only a primary's committer calls it: a replica sends only what its upstream confirmed.
+        let on_written = Arc::downgrade(&replication);
+        db.add_written_hook(Arc::new(move |_| {
+            if let Some(replication) = on_written.upgrade() {
+                replication.on_written();
+            }
+        }));
         let shutdown = CancellationToken::new();
         let tracker = TaskTracker::new();
         let shared = Arc::new(Shared {

@@ -223,25 +223,31 @@ impl std::io::Write for ChunkSink {
     }
 }
 
-/// The largest span of new WAL the publish hook sends itself; a longer one is left to the WAL
-/// sender task, so a catch-up read never holds up the engine's flusher.
+/// The largest span of new WAL a hook sends itself; a longer one is left to the WAL sender
+/// task, so a catch-up read never holds up the engine's committer or flusher.
 pub const PUSH_BYTES_MAX: u64 = 256 * 1024;
 
 const _: () = assert!(PUSH_BYTES_MAX <= WAL_DATA_LEN_MAX as u64, "a push is one frame");
 
-/// A streaming connection's send side, shared by its WAL sender task and the publish hook that
-/// runs on the engine's flusher thread after every publish ([`WalPush::on_published`]).
+/// A streaming connection's send side, shared by its WAL sender task and the engine's hooks
+/// ([`WalPush::on_new_wal`]): on a primary, the committer's after it writes each group and
+/// the flusher's after each publish; on a replica, the publish hook.
 ///
-/// In the steady state the hook writes each new span of durable WAL as one `WalData` frame
-/// itself, on a duplicate of the socket, without blocking: the task stays asleep, so a commit
-/// reaches its standbys without a thread hand-off. Whatever the hook cannot do at once (the
-/// task holds the lock, the socket is full, the span is long, a read failed) it leaves to the
-/// task and wakes it; the task then sends frame by frame as before, catching up.
+/// In the steady state a hook writes each new span of WAL as one `WalData` frame itself, on a
+/// duplicate of the socket, without blocking: the task stays asleep, so a commit reaches its
+/// standbys without a thread hand-off. A primary sends WAL as soon as it is written, before it
+/// is durable, so the standby's fdatasync runs alongside its own (decision #34); every frame
+/// carries the durable end, and after a publish that moved it past what the standby was last
+/// told, a `Keepalive` without a reply request tells it: the standby makes nothing visible
+/// past it. Whatever a hook cannot do at once (the task holds the lock, the socket is full,
+/// the span is long, a read failed) it leaves to the task and wakes it; the task then sends
+/// frame by frame, catching up, and the durable end last.
 ///
 /// Invariants:
 /// - `pos` is the end of the WAL sent (whole frames, or frames whose rest is in the writer's
 ///   backlog); both sides send from `pos` under the lock, so every byte is sent once, in order.
-/// - Once `closed` is set the hook writes nothing more, so the task may use the connection's
+/// - `told` is the durable end last sent, and never more than the durable end.
+/// - Once `closed` is set the hooks write nothing more, so the task may use the connection's
 ///   own writer for a last error frame after draining the backlog.
 pub(crate) struct WalPush {
     state: Mutex<PushState>,
@@ -267,6 +273,8 @@ struct PushState {
     reader: RawWalReader,
     /// The end of the WAL sent (see the invariants on [`WalPush`]).
     pos: Lsn,
+    /// The durable end last sent to the standby.
+    told: Lsn,
     /// The task has stopped streaming: the hook writes nothing more.
     closed: bool,
 }
@@ -277,7 +285,7 @@ enum Step {
     Sent,
     /// The socket is full: wait until it is writable.
     Blocked,
-    /// Everything durable was sent; the hook sends what comes next.
+    /// Everything written and the durable end were sent; the hooks send what comes next.
     CaughtUp,
 }
 
@@ -292,28 +300,44 @@ fn lock(m: &Mutex<PushState>) -> MutexGuard<'_, PushState> {
 }
 
 impl PushState {
-    /// Reads the WAL from `pos` toward `flushed` (one frame's worth) and encodes it as a
-    /// `WalData` frame; `pos` moves past it only when both worked.
-    fn next_frame(&mut self, flushed: Lsn) -> Result<Bytes, StepError> {
+    /// Reads the WAL from `pos` toward `limit` (one frame's worth) and encodes it as a
+    /// `WalData` frame carrying the durable end; `pos` and `told` move only when both worked.
+    fn next_frame(&mut self, limit: Lsn, durable: Lsn) -> Result<Bytes, StepError> {
         let mut data = Vec::new();
-        let n = self.reader.read(self.pos, flushed, WAL_DATA_LEN_MAX, &mut data).map_err(StepError::Read)?;
+        let n = self.reader.read(self.pos, limit, WAL_DATA_LEN_MAX, &mut data).map_err(StepError::Read)?;
         let message = WalData {
             start_lsn: self.pos.0,
             data: Bytes::from(data),
-            server_flush_lsn: flushed.0,
+            server_flush_lsn: durable.0,
             server_time_us: now_us(),
         };
         let frame =
             encode_frame(&ServerMessage::from(message)).map_err(|e| StepError::Send(e.to_string()))?;
         self.pos = self.pos.add(n as u64);
+        self.told = self.told.max(durable);
         Ok(frame)
+    }
+
+    /// Whether the standby has WAL whose durability it has not been told yet.
+    fn owes_durable(&self, durable: Lsn) -> bool {
+        self.told < durable && self.told < self.pos
+    }
+
+    /// Tells the standby the durable end with a `Keepalive` that asks for no reply. True when
+    /// it went out whole.
+    fn tell_durable(&mut self, durable: Lsn) -> bool {
+        let message = Keepalive { server_flush_lsn: durable.0, server_time_us: now_us(), reply_requested: false };
+        let Ok(frame) = encode_frame(&ServerMessage::from(message)) else { return false };
+        let whole = self.writer.write(&frame, "the durable end");
+        self.told = durable;
+        whole
     }
 }
 
 impl WalPush {
     fn new(writer: SideWriter, reader: RawWalReader, pos: Lsn) -> WalPush {
         WalPush {
-            state: Mutex::new(PushState { writer, reader, pos, closed: false }),
+            state: Mutex::new(PushState { writer, reader, pos, told: pos, closed: false }),
             wake: Notify::new(),
             sent: AtomicU64::new(pos.0),
         }
@@ -324,25 +348,30 @@ impl WalPush {
         Lsn(self.sent.load(Ordering::Acquire))
     }
 
-    /// The publish hook's part, on the flusher thread: sends the new durable WAL now if that
-    /// is quick, else wakes the task to. Never blocks: it only tries the lock, and a poisoned
-    /// lock (a panic in the task) counts as taken, leaving the connection to the task.
-    pub(crate) fn on_published(&self, db: &Database) {
+    /// A hook's part, on the engine's committer or flusher thread: sends the new WAL, or else
+    /// the new durable end, now if that is quick, and otherwise wakes the task to. Never
+    /// blocks: it only tries the lock, and a poisoned lock (a panic in the task) counts as
+    /// taken, leaving the connection to the task.
+    pub(crate) fn on_new_wal(&self, db: &Database) {
         let Ok(mut s) = self.state.try_lock() else {
-            // The task is sending; it looks at the durable end again before it sleeps.
+            // The task is sending; it looks at both ends again before it sleeps.
             self.wake.notify_one();
             return;
         };
-        let flushed = db.flushed_lsn();
-        if s.closed || s.pos >= flushed {
+        let (limit, durable) = (db.sendable_lsn(), db.flushed_lsn());
+        if s.closed || (s.pos >= limit && !s.owes_durable(durable)) {
             return;
         }
-        if !s.writer.is_clear() || flushed.0 - s.pos.0 > PUSH_BYTES_MAX {
+        if !s.writer.is_clear() || limit.0.saturating_sub(s.pos.0) > PUSH_BYTES_MAX {
             drop(s);
             self.wake.notify_one();
             return;
         }
-        let whole = self.send_next(&mut s, flushed).unwrap_or(false);
+        let whole = if s.pos < limit {
+            self.send_next(&mut s, limit, durable).unwrap_or(false)
+        } else {
+            s.tell_durable(durable)
+        };
         drop(s);
         // A backlog, a failure or a read error: the task handles each (it reads again and
         // reports a read error to the standby).
@@ -363,19 +392,22 @@ impl WalPush {
         if !s.writer.drain_into(owner).map_err(StepError::Send)? {
             return Ok(Step::Blocked);
         }
-        let flushed = db.flushed_lsn();
-        if s.pos >= flushed {
+        let (limit, durable) = (db.sendable_lsn(), db.flushed_lsn());
+        // A failed write shows at the next step's drain.
+        if s.pos < limit {
+            self.send_next(&mut s, limit, durable)?;
+        } else if s.owes_durable(durable) {
+            s.tell_durable(durable);
+        } else {
             return Ok(Step::CaughtUp);
         }
-        // A failed write shows at the next step's drain.
-        self.send_next(&mut s, flushed)?;
         Ok(Step::Sent)
     }
 
-    /// Sends the next frame of WAL toward `flushed` (what the socket does not take joins the
+    /// Sends the next frame of WAL toward `limit` (what the socket does not take joins the
     /// backlog) and records it as sent unless the write failed. True when it went out whole.
-    fn send_next(&self, s: &mut PushState, flushed: Lsn) -> Result<bool, StepError> {
-        let frame = s.next_frame(flushed)?;
+    fn send_next(&self, s: &mut PushState, limit: Lsn, durable: Lsn) -> Result<bool, StepError> {
+        let frame = s.next_frame(limit, durable)?;
         let whole = s.writer.write(&frame, "WAL");
         if s.writer.failed().is_none() {
             self.sent.store(s.pos.0, Ordering::Release);
@@ -390,13 +422,11 @@ impl WalPush {
         if !s.writer.is_clear() {
             return;
         }
-        let message = Keepalive {
-            server_flush_lsn: db.flushed_lsn().0,
-            server_time_us: now_us(),
-            reply_requested: true,
-        };
+        let durable = db.flushed_lsn();
+        let message = Keepalive { server_flush_lsn: durable.0, server_time_us: now_us(), reply_requested: true };
         if let Ok(frame) = encode_frame(&ServerMessage::from(message)) {
             s.writer.write(&frame, "a keepalive");
+            s.told = s.told.max(durable);
         }
     }
 
@@ -458,9 +488,10 @@ async fn stream(
         .await;
     }
     let pos = Lsn(start.start_lsn);
-    let flushed = db.flushed_lsn();
-    if pos > flushed {
-        let message = format!("requested start {pos} is ahead of this server's durable WAL end {flushed}");
+    // A standby may hold WAL this server wrote but had not made durable when it was sent.
+    let sendable = db.sendable_lsn();
+    if pos > sendable {
+        let message = format!("requested start {pos} is ahead of this server's WAL end {sendable}");
         let hint = "the replica has WAL this server does not: it belongs to another history; re-bootstrap it";
         return refuse(transport, error_code::WAL_MISSING, message, hint).await;
     }

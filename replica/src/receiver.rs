@@ -340,9 +340,14 @@ async fn stream(
                             streamed = true;
                             state.info.lock().last_error = None;
                         }
-                        let mut info = state.info.lock();
-                        info.received_lsn = *received;
-                        info.upstream_flush_lsn = Lsn(wal.server_flush_lsn);
+                        {
+                            let mut info = state.info.lock();
+                            info.received_lsn = *received;
+                            info.upstream_flush_lsn = Lsn(wal.server_flush_lsn);
+                        }
+                        // The upstream sends WAL before it is durable (decision #34): what it
+                        // reports durable may become visible, the rest waits.
+                        db.confirm_upstream(Lsn(wal.server_flush_lsn).min(*received));
                     }
                     Some(Msg::Keepalive(k)) => {
                         {
@@ -350,6 +355,7 @@ async fn stream(
                             info.upstream_flush_lsn = Lsn(k.server_flush_lsn);
                             info.received_lsn = *received;
                         }
+                        db.confirm_upstream(Lsn(k.server_flush_lsn).min(*received));
                         if k.reply_requested {
                             reporter.report();
                         }

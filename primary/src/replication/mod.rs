@@ -383,8 +383,15 @@ impl Replication {
     /// which nothing holds for long.
     pub fn on_published(&self, lsn: Lsn) {
         lock(&self.samples).record(lsn, Instant::now());
+        self.on_written();
+    }
+
+    /// From the engine's written hook on the committer thread (a primary): sends the WAL just
+    /// written, not yet durable, to every streaming standby that can take it at once, so
+    /// their fdatasync runs alongside this server's (decision #34). Never blocks.
+    pub fn on_written(&self) {
         for (_, push) in lock(&self.pushes).iter() {
-            push.on_published(&self.db);
+            push.on_new_wal(&self.db);
         }
     }
 

@@ -163,8 +163,9 @@ struct Published {
     digest: u64,
 }
 
-/// Called with the new visible Lsn after every publish, on the thread that published (the
-/// flusher, or a replica's receiver confirming upstream durability): it must not block.
+/// Called with the visible Lsn after every publish, on the thread that published (the flusher,
+/// or a replica's receiver confirming upstream durability), and on a replica also after a
+/// flush that made nothing visible: it must not block.
 pub type PublishHook = Arc<dyn Fn(Lsn) + Send + Sync>;
 
 /// Called on a primary's committer with the end of the WAL it has just written to the page
@@ -365,8 +366,12 @@ impl Flusher {
             // here). A group with commits waiting for standbys runs them first, since that send
             // starts those commits' round trip; any other group is acknowledged first, so a
             // local commit does not wait for the send.
+            // A replica reports a new flushed Lsn upstream even when nothing became visible
+            // (its upstream has not confirmed it yet): `remote_flush` commits wait for it.
+            let standby = shared.upstream_durable.load(Ordering::Acquire) != u64::MAX;
+            let hook_lsn = published_lsn.or_else(|| standby.then(|| shared.published.lock().lsn));
             let run_hooks = || {
-                if let Some(lsn) = published_lsn {
+                if let Some(lsn) = hook_lsn {
                     shared.run_publish_hooks(lsn);
                 }
             };
@@ -799,9 +804,10 @@ impl Database {
         self.shared.publish_hooks.write().push(hook);
     }
 
-    /// Adds a function the committer of a primary calls after writing each group, with the
-    /// end of the WAL written (not yet durable): a primary starts sending it to its standbys
-    /// there, so their fdatasync runs alongside its own (decision #34).
+    /// Adds a function the committer of a primary calls after writing a group that has commits
+    /// waiting for standbys, with the end of the WAL written (not yet durable): a primary
+    /// starts sending it to its standbys there, so their fdatasync runs alongside its own
+    /// (decision #34).
     pub fn add_written_hook(&self, hook: WrittenHook) {
         self.shared.written_hooks.write().push(hook);
     }
@@ -1221,10 +1227,14 @@ impl Committer {
             return;
         }
         q.file = Some(self.writer.file());
+        // Only a group with commits that wait for standbys is sent before it is durable: that
+        // starts their round trip. Any other group goes out after its publish, as before
+        // (decision #30), so `local` commits do not pay for a send on the committer.
+        let early = self.standby.is_none() && acks.iter().any(|a| !a.writer_returns());
         q.groups.push_back(Group { state, written, acks });
         drop(q);
         self.flusher.wake.notify_one();
-        if self.standby.is_none() {
+        if early {
             self.shared.written_hooks.read().iter().for_each(|hook| hook(written));
         }
     }

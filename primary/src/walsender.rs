@@ -326,7 +326,8 @@ impl PushState {
     /// Tells the standby the durable end with a `Keepalive` that asks for no reply. True when
     /// it went out whole.
     fn tell_durable(&mut self, durable: Lsn) -> bool {
-        let message = Keepalive { server_flush_lsn: durable.0, server_time_us: now_us(), reply_requested: false };
+        let message =
+            Keepalive { server_flush_lsn: durable.0, server_time_us: now_us(), reply_requested: false };
         let Ok(frame) = encode_frame(&ServerMessage::from(message)) else { return false };
         let whole = self.writer.write(&frame, "the durable end");
         self.told = durable;
@@ -423,7 +424,8 @@ impl WalPush {
             return;
         }
         let durable = db.flushed_lsn();
-        let message = Keepalive { server_flush_lsn: durable.0, server_time_us: now_us(), reply_requested: true };
+        let message =
+            Keepalive { server_flush_lsn: durable.0, server_time_us: now_us(), reply_requested: true };
         if let Ok(frame) = encode_frame(&ServerMessage::from(message)) {
             s.writer.write(&frame, "a keepalive");
             s.told = s.told.max(durable);

@@ -336,9 +336,11 @@ impl PushState {
 }
 
 impl WalPush {
-    fn new(writer: SideWriter, reader: RawWalReader, pos: Lsn) -> WalPush {
+    /// Starts at `pos`, the standby's requested start. It may have received WAL past `durable`
+    /// before a reconnect, so it is told the durable end again once that passes it.
+    fn new(writer: SideWriter, reader: RawWalReader, pos: Lsn, durable: Lsn) -> WalPush {
         WalPush {
-            state: Mutex::new(PushState { writer, reader, pos, told: pos, closed: false }),
+            state: Mutex::new(PushState { writer, reader, pos, told: pos.min(durable), closed: false }),
             wake: Notify::new(),
             sent: AtomicU64::new(pos.0),
         }
@@ -523,7 +525,7 @@ async fn stream(
         }
     };
     let reader = RawWalReader::new(&db.wal_dir(), timeline, db.segment_size_bytes());
-    let push = Arc::new(WalPush::new(writer, reader, pos));
+    let push = Arc::new(WalPush::new(writer, reader, pos, db.flushed_lsn()));
     handle.set_state(StandbyState::Catchup);
     handle.set_push(Arc::clone(&push));
     tracing::info!(standby = %name, start = %pos, "streaming WAL");

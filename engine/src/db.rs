@@ -18,6 +18,7 @@
 use crate::checkpoint::{
     load_snapshot, snapshot_file_name, write_snapshot, Control, LoadedSnapshot, SnapshotMeta, SnapshotWritten,
 };
+use crate::confirmed::ConfirmedFile;
 use crate::error::{Error, ErrorCode, Result, SqlError};
 use crate::inbox::{Inbox, Lane, RecvError, SendError};
 use crate::replay::{Replayer, TXN_CHANGE_BYTES_MAX};
@@ -27,7 +28,7 @@ use crate::store::{ReadView, Store};
 use crate::txn::{AfterCommit, CommitInfo, PendingCommit, WriteSet};
 use crate::wal::decoder::Decoder;
 use crate::wal::holds::{HoldError, WalHold, WalHolds};
-use crate::wal::reader::{list_segments, scan_wal, TailPolicy, WalDir};
+use crate::wal::reader::{list_segments, scan_wal, RawWalReader, TailPolicy, WalDir};
 use crate::wal::record::{
     change_encoded_len, encode_changes, Change, ChangeOp, CommitRecord, Record, RecordKind, TableChanges,
     RECORD_HEADER_LEN, RECORD_LEN_MAX, RESTORE_POINT_NAME_MAX,
@@ -146,6 +147,9 @@ pub struct RecoveryReport {
     pub end_lsn: Lsn,
     /// Set when a torn tail (or an incomplete large transaction) was cut off: from where.
     pub truncated_at: Option<Lsn>,
+    /// A replica: the WAL it holds past the Lsn its upstream confirmed, `(from, to)`, kept on
+    /// disk unreplayed until the upstream sends it again (decision #34).
+    pub pending_tail: Option<(Lsn, Lsn)>,
     /// Time spent loading the snapshot.
     pub snapshot_elapsed: Duration,
     /// Time spent reading and replaying the WAL.
@@ -173,6 +177,8 @@ pub type PublishHook = Arc<dyn Fn(Lsn) + Send + Sync>;
 pub type WrittenHook = Arc<dyn Fn(Lsn) + Send + Sync>;
 
 struct Shared {
+    /// A replica: it takes its WAL from an upstream.
+    standby: bool,
     published: Mutex<Published>,
     flushed_lsn: AtomicU64,
     /// How far the upstream reported its WAL durable (a replica): nothing past it is made
@@ -205,6 +211,10 @@ impl Shared {
             let mut published = self.published.lock();
             store.publish(state.lsn, state.commit_time_us);
             *published = state;
+            drop(published);
+            if let Some(file) = &mut q.confirmed {
+                file.record(state.lsn);
+            }
             state.lsn
         })
     }
@@ -297,6 +307,8 @@ struct FlushQueue {
     /// A replica's flushed groups whose Lsn its upstream has not reported durable yet, oldest
     /// first: they become visible when it does ([`Database::confirm_upstream`]).
     held: std::collections::VecDeque<Published>,
+    /// A replica's record of what it has shown, for crash recovery (see [`crate::confirmed`]).
+    confirmed: Option<ConfirmedFile>,
     file: Option<Arc<File>>,
     flushed: Option<Lsn>,
     poisoned: Option<String>,
@@ -368,8 +380,7 @@ impl Flusher {
             // local commit does not wait for the send.
             // A replica reports a new flushed Lsn upstream even when nothing became visible
             // (its upstream has not confirmed it yet): `remote_flush` commits wait for it.
-            let standby = shared.upstream_durable.load(Ordering::Acquire) != u64::MAX;
-            let hook_lsn = published_lsn.or_else(|| standby.then(|| shared.published.lock().lsn));
+            let hook_lsn = published_lsn.or_else(|| shared.standby.then(|| shared.published.lock().lsn));
             let run_hooks = || {
                 if let Some(lsn) = hook_lsn {
                     shared.run_publish_hooks(lsn);
@@ -391,6 +402,8 @@ enum Request {
     Commit(WriteSet, AfterCommit, ReplyTx<Result<CommitInfo>>),
     /// A replica's input: WAL bytes at their Lsn.
     Wal(Lsn, Vec<u8>),
+    /// A replica connects to its upstream: where should the stream start?
+    Resume(ReplyTx<Result<Lsn>>),
     RestorePoint(String, ReplyTx<Result<Lsn>>),
     Checkpoint(ReplyTx<Result<Lsn>>),
     CheckpointDone(Result<SnapshotWritten>),
@@ -554,7 +567,18 @@ impl Database {
             timeline: control.timeline,
             segment_size_bytes: seg,
         };
-        let (end, replayer, replayed) = replay_wal(wal, start, Some(control.checkpoint_prev_lsn), replayer)?;
+        // A replica shows only what its upstream confirmed durable: replay stops there, and the
+        // WAL after it stays as a pending tail, compared with what the upstream sends again
+        // (decision #34). A primary replays everything.
+        let confirmed = if standby {
+            let (file, held) = ConfirmedFile::open(dir)?;
+            Some((file, held.unwrap_or(Lsn::ZERO).max(control.checkpoint_lsn)))
+        } else {
+            None
+        };
+        let stop = confirmed.as_ref().map(|(_, lsn)| *lsn);
+        let (end, replayer, replayed, stopped) =
+            replay_wal(wal, start, Some(control.checkpoint_prev_lsn), replayer, stop)?;
         report.replay_elapsed = replay_started.elapsed();
         let (complete_end, complete_prev) = replayer.complete_end();
         let prev = complete_prev.unwrap_or(control.checkpoint_prev_lsn);
@@ -563,9 +587,25 @@ impl Database {
         }
         // Cut the WAL after a torn tail, or after the chunks of a large transaction whose commit
         // never made it. Otherwise the WAL ends where the scan ended (which may be past the
-        // padding of a segment that was just switched away from).
-        let truncate = end.torn.is_some() || replayer.in_transaction();
-        let wal_end = if truncate { complete_end } else { end.end_lsn };
+        // padding of a segment that was just switched away from). A replica's pending tail is
+        // kept whole, open transaction included: only a torn end is cut from it.
+        let truncate = stopped.is_none() && (end.torn.is_some() || replayer.in_transaction());
+        let wal_end = match stopped {
+            Some(_) => end.end_lsn,
+            None if truncate => complete_end,
+            None => end.end_lsn,
+        };
+        if stopped.is_some() && end.torn.is_some() {
+            truncate_wal(&wal_dir, control.timeline, seg, wal_end)?;
+            report.truncated_at = Some(wal_end);
+        }
+        if let Some(at) = stopped {
+            tracing::info!(
+                confirmed = %at.end, end = %wal_end,
+                "replayed up to the Lsn the upstream confirmed; the WAL after it waits to be compared with what the upstream sends again"
+            );
+            report.pending_tail = Some((at.end, wal_end));
+        }
         if truncate {
             if replayer.in_transaction() {
                 tracing::warn!(
@@ -577,7 +617,7 @@ impl Database {
             report.truncated_at = Some(complete_end);
         }
         report.replayed_txns = replayed;
-        report.replayed_bytes = wal_end.bytes_since(start);
+        report.replayed_bytes = stopped.map_or(wal_end, |at| at.end).bytes_since(start);
         report.end_lsn = wal_end;
         // Segments past the end belonging to this timeline were removed by truncate_wal; make
         // sure the writer's segment exists (a fresh directory has segment 0 from init).
@@ -585,28 +625,44 @@ impl Database {
             WalWriter::open(&wal_dir, control.system_id, control.timeline, seg, wal_end, prev, config.fsync)?;
         let txid = replayer.last_txid();
         let time = replayer.last_commit_time_us();
-        store.publish(wal_end, time);
+        let (visible, visible_prev) = match stopped {
+            Some(_) => (complete_end, prev),
+            None => (wal_end, prev),
+        };
+        store.publish(visible, time);
         let oldest_lsn = list_segments(&wal_dir)?
             .iter()
             .filter(|(tl, _, _)| *tl == control.timeline)
             .map(|(_, no, _)| Lsn(no * seg))
             .min()
             .unwrap_or(wal_end);
+        // Where a replica's input continues: the end of what it replayed.
+        let (received, received_prev) = match stopped {
+            Some(at) => (at.end, at.prev),
+            None => (writer.insert_lsn(), prev),
+        };
+        if let Some(at) = stopped.filter(|_| config.fsync) {
+            // The tail may sit in the page cache only (the last process was killed before its
+            // fdatasync): it counts as flushed once matched, so make it durable now.
+            sync_wal_range(&wal_dir, control.timeline, seg, at.end, writer.insert_lsn())?;
+        }
         let standby_state = standby.then(|| Standby {
-            decoder: Decoder::new(writer.insert_lsn(), Some(prev), seg, control.system_id),
+            decoder: Decoder::new(received, Some(received_prev), seg, control.system_id),
+            received,
+            tail: stopped.map(|_| Tail { end: writer.insert_lsn(), shown: None }),
         });
         let shared = Arc::new(Shared {
+            standby,
             published: Mutex::new(Published {
-                lsn: wal_end,
-                prev_lsn: prev,
+                lsn: visible,
+                prev_lsn: visible_prev,
                 txid,
                 commit_time_us: time,
                 digest: store.digest(),
             }),
-            insert_lsn: AtomicU64::new(writer.insert_lsn().0),
-            flushed_lsn: AtomicU64::new(writer.insert_lsn().0),
-            // A replica's own WAL was confirmed by its upstream before it was written, so far.
-            upstream_durable: AtomicU64::new(if standby { writer.insert_lsn().0 } else { u64::MAX }),
+            insert_lsn: AtomicU64::new(received.0),
+            flushed_lsn: AtomicU64::new(received.0),
+            upstream_durable: AtomicU64::new(stop.map_or(u64::MAX, |lsn| lsn.0)),
             publish_hooks: parking_lot::RwLock::new(Vec::new()),
             written_hooks: parking_lot::RwLock::new(Vec::new()),
             holds: WalHolds::new(oldest_lsn, config.max_slot_wal_keep_bytes),
@@ -623,11 +679,14 @@ impl Database {
         );
         let inbox = Arc::new(Inbox::new(COMMIT_QUEUE_MAX, WAL_QUEUE_MAX));
         let flusher = Arc::new(Flusher {
-            queue: Mutex::new(FlushQueue::default()),
+            queue: Mutex::new(FlushQueue {
+                confirmed: confirmed.map(|(file, _)| file),
+                ..FlushQueue::default()
+            }),
             wake: parking_lot::Condvar::new(),
             done: parking_lot::Condvar::new(),
         });
-        let enqueued_written = writer.insert_lsn();
+        let enqueued_written = received;
         let committer = Committer {
             standby: standby_state,
             enqueued_written,
@@ -648,7 +707,7 @@ impl Database {
             flusher: Arc::clone(&flusher),
             flusher_thread: None,
             snapshot_thread: None,
-            enqueued: wal_end,
+            enqueued: visible,
         };
         let handle = std::thread::Builder::new()
             .name("hindsight-committer".into())
@@ -711,8 +770,12 @@ impl Database {
     }
 
     fn request<T>(&self, make: impl FnOnce(ReplyTx<Result<T>>) -> Request) -> Result<T> {
+        self.request_on(Lane::Requests, make)
+    }
+
+    fn request_on<T>(&self, lane: Lane, make: impl FnOnce(ReplyTx<Result<T>>) -> Request) -> Result<T> {
         let (reply_tx, reply_rx) = reply_slot();
-        self.inbox.send(Lane::Requests, make(reply_tx)).map_err(|_| Error::Shutdown)?;
+        self.inbox.send(lane, make(reply_tx)).map_err(|_| Error::Shutdown)?;
         reply_rx.recv().ok_or(Error::Shutdown)?
     }
 
@@ -774,6 +837,17 @@ impl Database {
         self.inbox.send(Lane::Wal, Request::Wal(start, bytes)).map_err(|_| Error::Shutdown)
     }
 
+    /// A replica connecting to its upstream: where its stream should start. Usually where its
+    /// input ended; but when it holds WAL past what its upstream confirmed durable, the
+    /// confirmed Lsn, since the upstream may have lost the rest in a crash: the WAL from there
+    /// is compared with what the upstream sends again, and nothing past the match is reported
+    /// written or flushed (decision #34). Waits for the committer.
+    pub fn resume_stream(&self) -> Result<Lsn> {
+        self.check_replaying()?;
+        // Behind the WAL slices already queued, so it answers after they are taken.
+        self.request_on(Lane::Wal, Request::Resume)
+    }
+
     /// Refuses WAL input on a primary (a bug) and once replay has stopped on bad WAL.
     fn check_replaying(&self) -> Result<()> {
         assert!(self.standby, "WAL input on a primary");
@@ -792,7 +866,7 @@ impl Database {
         match self.inbox.try_send(Lane::Wal, Request::Wal(start, bytes)) {
             Ok(()) => Ok(None),
             Err(SendError::Full(Request::Wal(_, bytes))) => Ok(Some(bytes)),
-            Err(SendError::Full(_)) => unreachable!("the WAL lane holds WAL slices only"),
+            Err(SendError::Full(_)) => unreachable!("a full lane gives back what was sent"),
             Err(SendError::Closed(_)) => Err(Error::Shutdown),
         }
     }
@@ -953,21 +1027,40 @@ const REPLAY_BATCH_RECORDS: usize = 1024;
 /// Batches in flight between them.
 const REPLAY_QUEUE_BATCHES: usize = 16;
 
+/// Where crash recovery's replay stopped short of the WAL's end (see [`replay_wal`]).
+#[derive(Clone, Copy, Debug)]
+struct StoppedAt {
+    /// The end of the last record replayed: the pending tail starts here.
+    end: Lsn,
+    /// The start of that record.
+    prev: Lsn,
+}
+
 /// Crash recovery's WAL pass: one thread reads and decodes segments while another applies the
-/// records, so decoding (CRC, parsing) overlaps applying (index probes, digest). Returns where
-/// the WAL ends, the replayer, and the number of commits replayed.
+/// records, so decoding (CRC, parsing) overlaps applying (index probes, digest). A replica
+/// passes `stop`, its confirmed Lsn: records ending past it are read (the scan still finds the
+/// WAL's end) but not replayed. Returns where the WAL ends, the replayer, the number of commits
+/// replayed, and where replay stopped if it skipped any record.
 fn replay_wal(
     wal: WalDir<'_>,
     start: Lsn,
     prev_lsn: Option<Lsn>,
     mut replayer: Replayer,
-) -> Result<(crate::wal::reader::WalEnd, Replayer, u64)> {
+    stop: Option<Lsn>,
+) -> Result<(crate::wal::reader::WalEnd, Replayer, u64, Option<StoppedAt>)> {
     let (tx, rx) = bounded::<Vec<crate::wal::WalEntry>>(REPLAY_QUEUE_BATCHES);
     std::thread::scope(|scope| {
-        let applier = scope.spawn(move || -> Result<(Replayer, u64)> {
+        let applier = scope.spawn(move || -> Result<(Replayer, u64, Option<StoppedAt>)> {
             let mut replayed = 0u64;
+            let mut last = StoppedAt { end: start, prev: prev_lsn.unwrap_or(Lsn::ZERO) };
+            let mut stopped = false;
             for batch in rx {
                 for entry in batch {
+                    if stopped || stop.is_some_and(|stop| entry.end_lsn > stop) {
+                        stopped = true;
+                        continue;
+                    }
+                    last = StoppedAt { end: entry.end_lsn, prev: entry.lsn };
                     let lsn = entry.lsn;
                     let is_commit = matches!(entry.record, Record::Commit(_));
                     replayer.apply(entry).map_err(|e| match e {
@@ -984,7 +1077,7 @@ fn replay_wal(
                     replayed += u64::from(is_commit);
                 }
             }
-            Ok((replayer, replayed))
+            Ok((replayer, replayed, stopped.then_some(last)))
         });
         let mut batch = Vec::with_capacity(REPLAY_BATCH_RECORDS);
         let scanned = scan_wal(wal, start, prev_lsn, TailPolicy::TruncateTornTail, |entry| {
@@ -1004,7 +1097,7 @@ fn replay_wal(
         match (scanned, applied) {
             (_, Err(e)) => Err(e),
             (Err(e), Ok(_)) => Err(e),
-            (Ok(end), Ok((replayer, replayed))) => Ok((end, replayer, replayed)),
+            (Ok(end), Ok((replayer, replayed, stopped))) => Ok((end, replayer, replayed, stopped)),
         }
     })
 }
@@ -1055,6 +1148,42 @@ fn init_dir(dir: &Path, config: &Config) -> Result<()> {
 struct Standby {
     /// Decodes the WAL bytes written, from the replay position on.
     decoder: Decoder,
+    /// The end of the WAL taken from the current upstream connection (written, or found equal
+    /// to the pending tail). Reported upstream as written, and flushed once fsynced.
+    received: Lsn,
+    /// WAL on disk from `received` to `end` that the current upstream has not sent again yet.
+    tail: Option<Tail>,
+}
+
+/// WAL a replica holds past what its upstream confirmed durable, which the upstream may have
+/// lost in a crash (decision #34). It is kept until the upstream sends those Lsns again: equal
+/// bytes are taken as they are, and at the first difference the rest is cut (the upstream lost
+/// it, so no client was told it committed). Never cut before that: it may hold `remote_flush`
+/// commits a client was told about.
+#[derive(Clone, Copy, Debug)]
+struct Tail {
+    /// Where the pending WAL ends (the writer's position).
+    end: Lsn,
+    /// `None` after a restart: crash recovery did not replay the tail, so equal bytes are
+    /// replayed as they are matched. `Some` after a reconnect: the tail was replayed already
+    /// (never shown), and groups carry this state, the one shown, until the tail is matched
+    /// whole; a difference then stops replay until a restart drops the tail.
+    shown: Option<Published>,
+}
+
+/// fdatasyncs the WAL segments holding `from..to` (a replica's pending tail after a restart).
+fn sync_wal_range(dir: &Path, timeline: Timeline, segment_size_bytes: u64, from: Lsn, to: Lsn) -> Result<()> {
+    if to <= from {
+        return Ok(());
+    }
+    let last = segment_of(Lsn(to.0 - 1), segment_size_bytes);
+    for no in segment_of(from, segment_size_bytes)..=last {
+        let path = dir.join(segment_file_name(timeline, no));
+        File::open(&path)
+            .and_then(|f| f.sync_data())
+            .map_err(|e| Error::io(format!("fsync WAL segment {}", path.display()), e))?;
+    }
+    Ok(())
 }
 
 /// The committer: owns the WAL writer and every store mutation. On a replica it takes WAL
@@ -1133,6 +1262,7 @@ impl Committer {
                 if let Some(h) = self.flusher_thread.take() {
                     let _ = h.join();
                 }
+                self.sync_confirmed();
                 if let Some(h) = self.snapshot_thread.take() {
                     let _ = h.join();
                 }
@@ -1181,6 +1311,10 @@ impl Committer {
                     // spanning two slices would wait for the later one's report.
                     self.hand_to_flusher(Vec::new());
                 }
+                Request::Resume(reply) => {
+                    self.hand_to_flusher(Vec::new());
+                    reply.send(self.resume());
+                }
                 Request::Shutdown => stop = true,
             }
         }
@@ -1194,7 +1328,13 @@ impl Committer {
     /// Writes what was appended to the page cache and queues it, with its acknowledgements,
     /// for the flusher's next fdatasync. Does not wait.
     fn hand_to_flusher(&mut self, acks: Vec<Ack>) {
-        if acks.is_empty() && self.writer.insert_lsn() == self.enqueued_written {
+        // A replica's group ends where its input does, which is behind its writer while a
+        // pending tail is matched; while a replayed tail is matched it shows nothing new.
+        let (written, shown) = match &self.standby {
+            Some(s) => (s.received, s.tail.and_then(|t| t.shown)),
+            None => (self.writer.insert_lsn(), None),
+        };
+        if acks.is_empty() && written == self.enqueued_written {
             return;
         }
         if let Err(e) = self.check_poisoned().and_then(|()| self.writer.write_out()) {
@@ -1209,14 +1349,13 @@ impl Committer {
         } else {
             (self.writer.insert_lsn(), self.writer.prev_lsn())
         };
-        let state = Published {
+        let state = shown.unwrap_or_else(|| Published {
             lsn,
             prev_lsn,
             txid: self.replayer.last_txid(),
             commit_time_us: self.replayer.last_commit_time_us(),
             digest: self.store.digest(),
-        };
-        let written = self.writer.insert_lsn();
+        });
         self.enqueued = state.lsn;
         self.enqueued_written = written;
         self.shared.insert_lsn.store(written.0, Ordering::Release);
@@ -1288,12 +1427,130 @@ impl Committer {
         }
     }
 
+    /// A replica connects to its upstream: returns where the stream should start. That is
+    /// where its input ended, unless it holds WAL past what the upstream confirmed durable:
+    /// the upstream may have lost that in a crash, so the stream starts at the confirmed Lsn
+    /// and the rest becomes a pending tail, compared with what the upstream sends again.
+    fn resume(&mut self) -> Result<Lsn> {
+        self.check_poisoned()?;
+        // Nothing is in flight once this returns, so the positions set below are not passed by
+        // an older group's fdatasync.
+        self.wait_flushed()?;
+        let durable = Lsn(self.shared.upstream_durable.load(Ordering::Acquire));
+        let standby = self.standby.as_mut().expect("only a replica resumes a stream");
+        if standby.tail.is_some() || standby.received <= durable {
+            return Ok(standby.received);
+        }
+        let mut q = self.flusher.queue.lock();
+        // Held groups are all past the confirmed Lsn (anything at or below it was shown): they
+        // come back once the upstream has sent the same bytes again.
+        q.held.clear();
+        let shown = *self.shared.published.lock();
+        tracing::info!(
+            confirmed = %durable, end = %standby.received,
+            "holding WAL past what the upstream confirmed durable; it is compared with what the upstream sends again"
+        );
+        standby.tail = Some(Tail { end: standby.received, shown: Some(shown) });
+        standby.received = durable;
+        self.shared.insert_lsn.store(durable.0, Ordering::Release);
+        self.shared.flushed_lsn.store(durable.0, Ordering::Release);
+        self.enqueued_written = durable;
+        Ok(durable)
+    }
+
     /// A replica's step: writes WAL bytes at their Lsn and replays every record they complete.
-    /// Nothing becomes visible until the flusher has made it durable.
+    /// Bytes at Lsns of a pending tail are compared with it instead (see [`Tail`]). Nothing
+    /// becomes visible until the flusher has made it durable and the upstream confirmed it.
     fn ingest(&mut self, start: Lsn, bytes: &[u8]) -> Result<()> {
         self.check_poisoned()?;
+        let standby = self.standby.as_ref().expect("WAL input only reaches a replica's committer");
+        if start != standby.received {
+            return Err(Error::Mismatch(format!(
+                "WAL stream out of order: expected bytes at {}, got {} ({} bytes)",
+                standby.received,
+                start,
+                bytes.len()
+            )));
+        }
+        let (mut pos, mut rest) = (start, bytes);
+        if let Some(tail) = standby.tail {
+            let n = (tail.end.0 - start.0).min(bytes.len() as u64) as usize;
+            let same = self.equal_prefix(start, &bytes[..n])?;
+            if tail.shown.is_none() {
+                self.replay_bytes(&bytes[..same])?;
+            }
+            pos = start.add(same as u64);
+            rest = &bytes[same..];
+            self.standby.as_mut().expect("a replica").received = pos;
+            if same < n {
+                self.diverged(pos, tail)?;
+            }
+            if same < n || pos == tail.end {
+                self.standby.as_mut().expect("a replica").tail = None;
+            }
+        }
+        if !rest.is_empty() {
+            self.writer.write_raw(pos, rest)?;
+            self.replay_bytes(rest)?;
+            self.standby.as_mut().expect("a replica").received = pos.add(rest.len() as u64);
+        }
+        Ok(())
+    }
+
+    /// How many of `bytes` equal the local WAL from `start` on.
+    fn equal_prefix(&self, start: Lsn, bytes: &[u8]) -> Result<usize> {
+        let seg = self.control.segment_size_bytes;
+        let mut reader = RawWalReader::new(&self.dir.join("wal"), self.control.timeline, seg);
+        let (mut done, mut local) = (0usize, Vec::new());
+        while done < bytes.len() {
+            local.clear();
+            let from = start.add(done as u64);
+            let n = reader
+                .read(from, start.add(bytes.len() as u64), bytes.len() - done, &mut local)
+                .map_err(|e| Error::Mismatch(format!("read this replica's pending WAL at {from}: {e}")))?;
+            if let Some(i) = local.iter().zip(&bytes[done..]).position(|(a, b)| a != b) {
+                return Ok(done + i);
+            }
+            done += n;
+        }
+        Ok(done)
+    }
+
+    /// The upstream sent bytes that differ from the pending tail at `at`: it lost the tail's
+    /// WAL from there in a crash, after sending it. A tail that crash recovery did not replay
+    /// is cut there; one already replayed stops replay until a restart, which drops it
+    /// (the store cannot take back what was replayed, though nothing of it was shown).
+    fn diverged(&mut self, at: Lsn, tail: Tail) -> Result<()> {
+        let seg = self.control.segment_size_bytes;
+        let file = self.dir.join("wal").join(segment_file_name(self.control.timeline, segment_of(at, seg)));
+        if tail.shown.is_some() {
+            return Err(Error::Corrupt {
+                lsn: at,
+                file,
+                detail: format!(
+                    "the upstream's WAL differs from this replica's at {at}, past {}, the Lsn it confirmed durable: it lost WAL up to {} in a crash after sending it. Nothing past the confirmed Lsn was shown; restart this replica and it drops that WAL",
+                    Lsn(self.shared.upstream_durable.load(Ordering::Acquire)),
+                    tail.end
+                ),
+            });
+        }
+        if at < first_record_lsn(segment_of(at, seg), seg) {
+            return Err(Error::Corrupt {
+                lsn: at,
+                file,
+                detail: "the upstream's WAL differs from this replica's inside a segment header".into(),
+            });
+        }
+        tracing::warn!(
+            at = %at, end = %tail.end,
+            "the upstream's WAL differs from this replica's unconfirmed tail: it lost that WAL in a crash, so no client was told it committed; cutting the tail"
+        );
+        self.writer.cut_at(at)
+    }
+
+    /// Decodes WAL bytes that follow the ones fed before and replays every record they complete.
+    fn replay_bytes(&mut self, bytes: &[u8]) -> Result<()> {
         let standby = self.standby.as_mut().expect("WAL input only reaches a replica's committer");
-        self.writer.write_raw(start, bytes)?;
         standby.decoder.feed(bytes);
         loop {
             match standby.decoder.next() {
@@ -1617,6 +1874,7 @@ impl Committer {
         }
         self.control = control;
         self.shared.checkpoint_lsn.store(lsn.0, Ordering::Release);
+        self.sync_confirmed();
         // A replica's WAL is a copy of its upstream's: it logs nothing of its own.
         if self.standby.is_none() {
             if let Err(e) = self.append_simple(&Record::Checkpoint { snapshot_lsn: lsn, time_us: now_us() }) {
@@ -1628,6 +1886,13 @@ impl Committer {
         self.store.vacuum();
         for w in self.checkpoint_waiters.drain(..) {
             w.send(Ok(lsn));
+        }
+    }
+
+    /// Makes a replica's confirmed Lsn durable (see [`crate::confirmed`]); a no-op on a primary.
+    fn sync_confirmed(&self) {
+        if let Some(file) = &self.flusher.queue.lock().confirmed {
+            file.sync();
         }
     }
 

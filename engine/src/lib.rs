@@ -8,6 +8,7 @@
 //! - [`replay`]: the one replay step, shared by crash recovery, the committer and (later)
 //!   replicas.
 //! - [`checkpoint`]: snapshots and the control file.
+//! - [`confirmed`]: a replica's confirmed Lsn, which bounds what crash recovery shows.
 //! - `inbox`: the committer's two bounded input lanes (requests, a replica's WAL slices).
 //! - [`reply`]: the one-shot slot a session blocks on for the committer's acknowledgement.
 //! - [`db`]: [`Database`], which opens a data directory (running crash recovery), serves read
@@ -20,6 +21,7 @@
 
 pub mod backup;
 pub mod checkpoint;
+pub mod confirmed;
 pub mod db;
 pub mod error;
 mod inbox;

@@ -220,3 +220,205 @@ fn a_standby_shows_only_what_its_upstream_reported_durable() {
     wait_for(&replica, "the flush publishes what was confirmed first", |s| s.visible_lsn == end);
     assert_eq!(dump(&replica), dump(&primary));
 }
+
+/// Feeds the replica the primary's WAL from `from` to `to` in slices of varying size, without
+/// any report of the primary's durable end.
+fn feed(primary: &Database, replica: &Database, from: Lsn, to: Lsn) {
+    let mut reader = RawWalReader::new(&primary.wal_dir(), primary.timeline(), primary.segment_size_bytes());
+    let (mut pos, mut slice) = (from, 5usize);
+    while pos < to {
+        slice = (slice * 7 + 13) % 3_000 + 1;
+        let mut buf = Vec::new();
+        let n = reader.read(pos, to, slice, &mut buf).unwrap();
+        replica.apply_wal(pos, buf).unwrap();
+        pos = pos.add(n as u64);
+    }
+}
+
+/// Commits `n` one-row transactions with keys from `first` and values `value`.
+fn commit_rows(
+    primary: &Database,
+    def: &Arc<hindsight_engine::schema::TableDef>,
+    first: i64,
+    n: i64,
+    value: i64,
+) -> Lsn {
+    for i in first..first + n {
+        primary.commit(writes(def, primary.read_view().lsn(), &[(i, Some(value))])).unwrap();
+    }
+    primary.flushed_lsn()
+}
+
+/// A cold copy of a data directory: what a primary's disk holds after a crash that lost
+/// everything written since (its page cache).
+fn copy_dir(from: &Path, to: &Path) {
+    std::fs::create_dir_all(to).unwrap();
+    for entry in std::fs::read_dir(from).unwrap() {
+        let entry = entry.unwrap();
+        let target = to.join(entry.file_name());
+        if entry.file_type().unwrap().is_dir() {
+            copy_dir(&entry.path(), &target);
+        } else {
+            std::fs::copy(entry.path(), &target).unwrap();
+        }
+    }
+}
+
+/// A replica restarted while holding WAL its upstream had not confirmed shows only what was
+/// confirmed, keeps the rest on disk, and takes it once the upstream sends the same bytes.
+#[test]
+fn a_restarted_standby_shows_only_what_was_confirmed_and_keeps_the_rest() {
+    let pdir = tempfile::tempdir().unwrap();
+    let rdir = tempfile::tempdir().unwrap();
+    let primary = Database::open(pdir.path(), config()).unwrap();
+    let def = create_accounts(&primary);
+    take_backup(&primary, rdir.path());
+    let replica = Database::open_standby(rdir.path(), config()).unwrap();
+    let mut pos = replica.resume_stream().unwrap();
+    let e1 = commit_rows(&primary, &def, 0, 20, 1);
+    feed(&primary, &replica, pos, e1);
+    replica.confirm_upstream(e1);
+    wait_for(&replica, "the confirmed WAL shows", |s| s.visible_lsn == e1);
+    let e2 = commit_rows(&primary, &def, 20, 20, 2);
+    feed(&primary, &replica, e1, e2);
+    wait_for(&replica, "the replica flushes the rest", |s| s.flushed_lsn == e2);
+    assert_eq!(replica.status().visible_lsn, e1);
+    drop(replica);
+
+    let replica = Database::open_standby(rdir.path(), config()).unwrap();
+    assert_eq!(replica.recovery_report().pending_tail, Some((e1, e2)));
+    assert_eq!(replica.status().visible_lsn, e1, "nothing past the confirmed Lsn shows");
+    assert_eq!(replica.lsn_ladder(), (e1, e1, e1), "the tail is not reported written or flushed");
+    assert_eq!(dump(&replica).len(), 20);
+    pos = replica.resume_stream().unwrap();
+    assert_eq!(pos, e1, "the stream starts at the confirmed Lsn");
+    // The same bytes again: taken as they are (replayed, not written twice), then confirmed.
+    feed(&primary, &replica, e1, e2);
+    wait_for(&replica, "the matched tail is flushed", |s| s.flushed_lsn == e2);
+    assert_eq!(replica.status().visible_lsn, e1, "matched is not confirmed");
+    replica.confirm_upstream(e2);
+    wait_for(&replica, "the tail shows once confirmed", |s| s.visible_lsn == e2);
+    assert_eq!(dump(&replica), dump(&primary));
+    assert_eq!(replica.status().digest, primary.status().digest);
+    // Streaming goes on past the tail's end.
+    let e3 = commit_rows(&primary, &def, 40, 10, 3);
+    let mut slice = 1;
+    let mut pos = e2;
+    wait_caught_up(&primary, &replica, &mut slice, &mut pos);
+    assert_eq!(replica.status().visible_lsn, e3);
+    drop(replica);
+    let replica = Database::open_standby(rdir.path(), config()).unwrap();
+    assert_eq!(replica.recovery_report().pending_tail, None);
+    assert_eq!(replica.status().visible_lsn, e3);
+    assert_eq!(dump(&replica), dump(&primary));
+}
+
+/// The upstream crashed and lost WAL it had sent (its page cache): the replica, restarted,
+/// cuts its pending tail where the restarted upstream's new WAL first differs, and follows
+/// the new history without ever showing the lost one.
+#[test]
+fn a_standby_cuts_its_pending_tail_where_a_restarted_upstream_differs() {
+    let pdir = tempfile::tempdir().unwrap();
+    let lost_dir = tempfile::tempdir().unwrap();
+    let rdir = tempfile::tempdir().unwrap();
+    let primary = Database::open(pdir.path(), config()).unwrap();
+    let def = create_accounts(&primary);
+    take_backup(&primary, rdir.path());
+    let replica = Database::open_standby(rdir.path(), config()).unwrap();
+    let start = replica.resume_stream().unwrap();
+    let e1 = commit_rows(&primary, &def, 0, 20, 1);
+    feed(&primary, &replica, start, e1);
+    replica.confirm_upstream(e1);
+    wait_for(&replica, "the confirmed WAL shows", |s| s.visible_lsn == e1);
+    // What the primary's disk will hold after its crash: everything up to e1.
+    drop(primary);
+    copy_dir(pdir.path(), lost_dir.path());
+    let primary = Database::open(pdir.path(), config()).unwrap();
+    let e2 = commit_rows(&primary, &def, 20, 20, 1000);
+    feed(&primary, &replica, e1, e2);
+    wait_for(&replica, "the replica flushes the WAL about to be lost", |s| s.flushed_lsn == e2);
+    drop(replica);
+    drop(primary);
+
+    // The primary comes back without that WAL and commits something else, shorter.
+    let primary = Database::open(lost_dir.path(), config()).unwrap();
+    assert_eq!(primary.flushed_lsn(), e1);
+    let e2b = commit_rows(&primary, &def, 500, 3, 7);
+    assert!(e2b < e2);
+    let replica = Database::open_standby(rdir.path(), config()).unwrap();
+    assert_eq!(replica.recovery_report().pending_tail, Some((e1, e2)));
+    assert_eq!(replica.resume_stream().unwrap(), e1);
+    feed(&primary, &replica, e1, e2b);
+    replica.confirm_upstream(e2b);
+    wait_for(&replica, "the new history shows", |s| s.visible_lsn == e2b);
+    assert_eq!(replica.status().replay_error, None);
+    assert_eq!(dump(&replica), dump(&primary));
+    assert!(dump(&replica).values().all(|v| *v != 1000), "the lost rows never show");
+    // The cut is on disk: a reopen finds no tail and the same state, and streaming goes on.
+    drop(replica);
+    let replica = Database::open_standby(rdir.path(), config()).unwrap();
+    assert_eq!(replica.recovery_report().pending_tail, None);
+    assert_eq!(replica.status().visible_lsn, e2b);
+    commit_rows(&primary, &def, 600, 30, 8);
+    let (mut slice, mut pos) = (1, replica.resume_stream().unwrap());
+    wait_caught_up(&primary, &replica, &mut slice, &mut pos);
+    assert_eq!(replica.store().recompute_digest(), primary.status().digest);
+}
+
+/// A replica that reconnects while holding WAL its upstream had not confirmed starts the new
+/// stream at the confirmed Lsn and compares: the same bytes go on without being replayed
+/// twice; different ones stop replay with an error naming the Lsn, and a restart drops the
+/// unconfirmed WAL and follows the upstream's new history.
+#[test]
+fn a_reconnecting_standby_compares_what_it_holds_unconfirmed() {
+    let pdir = tempfile::tempdir().unwrap();
+    let lost_dir = tempfile::tempdir().unwrap();
+    let rdir = tempfile::tempdir().unwrap();
+    let primary = Database::open(pdir.path(), config()).unwrap();
+    let def = create_accounts(&primary);
+    take_backup(&primary, rdir.path());
+    let replica = Database::open_standby(rdir.path(), config()).unwrap();
+    let start = replica.resume_stream().unwrap();
+    let e1 = commit_rows(&primary, &def, 0, 20, 1);
+    feed(&primary, &replica, start, e1);
+    replica.confirm_upstream(e1);
+    let e2 = commit_rows(&primary, &def, 20, 20, 2);
+    feed(&primary, &replica, e1, e2);
+    wait_for(&replica, "the replica flushes the unconfirmed WAL", |s| s.flushed_lsn == e2);
+    assert_eq!(replica.resume_stream().unwrap(), e1, "a new stream starts at the confirmed Lsn");
+    assert_eq!(replica.lsn_ladder(), (e1, e1, e1), "nothing unmatched is reported");
+    feed(&primary, &replica, e1, e2);
+    replica.confirm_upstream(e2);
+    wait_for(&replica, "the matched WAL shows once confirmed", |s| s.visible_lsn == e2);
+    assert_eq!(dump(&replica), dump(&primary));
+    assert_eq!(replica.status().digest, primary.status().digest);
+    assert_eq!(replica.store().recompute_digest(), primary.status().digest, "nothing replayed twice");
+
+    // Now the upstream loses WAL it sent: the same stream again, from a copy taken before.
+    drop(primary);
+    copy_dir(pdir.path(), lost_dir.path());
+    let primary = Database::open(pdir.path(), config()).unwrap();
+    let e3 = commit_rows(&primary, &def, 40, 20, 1000);
+    feed(&primary, &replica, e2, e3);
+    wait_for(&replica, "the replica flushes the WAL about to be lost", |s| s.flushed_lsn == e3);
+    drop(primary);
+    let primary = Database::open(lost_dir.path(), config()).unwrap();
+    let e3b = commit_rows(&primary, &def, 500, 30, 7);
+    assert_eq!(replica.resume_stream().unwrap(), e2);
+    feed(&primary, &replica, e2, e3b);
+    wait_for(&replica, "replay stops on the difference", |s| s.replay_error.is_some());
+    let why = replica.status().replay_error.unwrap();
+    assert!(why.contains("differs from this replica's") && why.contains("restart this replica"), "{why}");
+    assert_eq!(replica.status().visible_lsn, e2, "the lost WAL never showed");
+    replica.confirm_upstream(e3b);
+    assert_eq!(replica.status().visible_lsn, e2, "nor does a later report show it");
+    drop(replica);
+
+    let replica = Database::open_standby(rdir.path(), config()).unwrap();
+    assert_eq!(replica.recovery_report().pending_tail, Some((e2, e3)));
+    let (mut slice, mut pos) = (1, replica.resume_stream().unwrap());
+    assert_eq!(pos, e2);
+    wait_caught_up(&primary, &replica, &mut slice, &mut pos);
+    assert!(dump(&replica).values().all(|v| *v != 1000), "the lost rows never show");
+    assert_eq!(replica.store().recompute_digest(), primary.status().digest);
+}

@@ -375,10 +375,12 @@ impl WalPush {
         } else {
             s.tell_durable(durable)
         };
+        // A frame stops at a segment's end: the task sends the rest.
+        let more = s.pos < limit;
         drop(s);
-        // A backlog, a failure or a read error: the task handles each (it reads again and
-        // reports a read error to the standby).
-        if !whole {
+        // A backlog, a failure, a read error or more to send: the task handles each (it reads
+        // again and reports a read error to the standby).
+        if !whole || more {
             self.wake.notify_one();
         }
     }

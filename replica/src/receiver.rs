@@ -221,7 +221,7 @@ pub(crate) async fn run(
     mut connection: Option<Upstream>,
     stop: CancellationToken,
 ) {
-    let mut received = db.status().insert_lsn;
+    let mut received = Lsn::ZERO;
     let mut backoff = RECONNECT_BACKOFF_MIN;
     loop {
         let upstream = match connection.take() {
@@ -279,6 +279,12 @@ async fn stream(
     received: &mut Lsn,
     stop: &CancellationToken,
 ) -> Result<(), (String, bool)> {
+    let fail = |e: String, streamed: bool| (e, streamed);
+    // Usually where the last connection's WAL ended; the Lsn the upstream last confirmed
+    // durable if this replica holds WAL past it, which the upstream may have lost in a crash
+    // (decision #34): what it sends again is compared with that WAL.
+    *received = tokio::task::block_in_place(|| db.resume_stream())
+        .map_err(|e| fail(format!("replay stopped: {e}"), false))?;
     let start = StartReplication {
         timeline: db.timeline().0,
         start_lsn: received.0,
@@ -286,7 +292,6 @@ async fn stream(
         standby_name: config.name.clone(),
     };
     let mut streamed = false;
-    let fail = |e: String, streamed: bool| (e, streamed);
     upstream.send(ClientMessage::from(start)).await.map_err(|e| fail(e.to_string(), false))?;
     // From here on every message upstream goes through the reporter, so frames never interleave.
     reporter.attach(upstream.get_ref(), *received).map_err(|e| fail(e, false))?;

@@ -402,6 +402,23 @@ impl WalWriter {
         self.open_next_segment()
     }
 
+    /// Cuts a raw writer's WAL at `at`, before its insert position (a replica's pending tail
+    /// that its upstream no longer has): zero-fills the rest of that segment, removes later
+    /// ones ([`truncate_wal`]), and writes on from `at`.
+    pub fn cut_at(&mut self, at: Lsn) -> Result<()> {
+        self.check()?;
+        assert!(self.buf.is_empty() && at <= self.insert_lsn, "a cut moves a raw writer back");
+        // The segment being prepared may be one the cut removes: let it finish first.
+        if let Some(p) = self.prepared.take() {
+            let _ = p.thread.join();
+        }
+        truncate_wal(&self.dir, self.timeline, self.segment_size_bytes, at)?;
+        let (dir, system_id, timeline, size) =
+            (self.dir.clone(), self.system_id, self.timeline, self.segment_size_bytes);
+        *self = WalWriter::open(&dir, system_id, timeline, size, at, self.prev_lsn, self.fsync)?;
+        Ok(())
+    }
+
     /// Writes and fdatasyncs everything appended; returns the new flushed Lsn.
     pub fn sync(&mut self) -> Result<Lsn> {
         self.check()?;

@@ -11,6 +11,10 @@
 //! - Samples published before the standby connected are not used (the standby may have had
 //!   that WAL before it connected, and timing it would show a bogus lag); a standby catching up
 //!   shows NULL until it confirms WAL published after it connected.
+//! - WAL for commits that wait for standbys is sent before it is durable here (decision #34),
+//!   so a standby can write and flush it before it is published. A report ahead of the newest
+//!   sample measures nothing; the next report past a newer sample does. `write_lag` and
+//!   `flush_lag` can therefore read one report late, never negative.
 //! - The lag shown is the last one measured; between acknowledgements it does not grow.
 //! - When the ring is full it drops every other sample (keeping the newest), halving its time
 //!   resolution rather than forgetting old WAL; samples every standby has replayed past are

@@ -639,7 +639,7 @@ impl StandbyHandle {
 
     /// A StandbyStatus arrived: record positions (clamp the ladder
     /// received>=written>=flushed>=replayed, and never move backwards), measure write/flush/
-    /// replay lag (see [`lag`]), move the slot's restart Lsn to `flushed` (persisted at most
+    /// replay lag (see [`lag`]), move the slot's restart Lsn to `flushed`, never past this server's durable end (persisted at most
     /// once per [`SLOT_PERSIST_INTERVAL`]), move this connection's capped hold to `flushed` if
     /// the server placed it, and wake waiters.
     pub fn ack(&self, pos: StandbyPositions) {
@@ -657,25 +657,28 @@ impl StandbyHandle {
             standby.flush_lag.observe(&samples, pos.flushed, now);
             standby.replay_lag.observe(&samples, pos.replayed, now);
         }
+        // A standby flushes WAL before this server has made it durable (decision #34), so its
+        // flushed Lsn can run past what a crash here would keep: holds never move past that.
+        let keep = pos.flushed.min(r.db.flushed_lsn());
         if let Some(name) = &slot_name {
             r.refresh_invalidated(&mut st, Some(name));
             let slot = st.slots.get_mut(name).expect("an active slot is never dropped");
-            if slot.invalidated.is_none() && pos.flushed > slot.restart_lsn {
-                match r.db.hold_wal(&slots::hold_name(name), pos.flushed, true) {
+            if slot.invalidated.is_none() && keep > slot.restart_lsn {
+                match r.db.hold_wal(&slots::hold_name(name), keep, true) {
                     Ok(()) => {
-                        slot.restart_lsn = pos.flushed;
+                        slot.restart_lsn = keep;
                         st.slots_dirty = true;
                     }
                     Err(e) => {
-                        tracing::warn!(slot = %name, lsn = %pos.flushed, "could not move the slot's WAL hold: {e}")
+                        tracing::warn!(slot = %name, lsn = %keep, "could not move the slot's WAL hold: {e}")
                     }
                 }
             }
         }
         if let Some(hold) = r.db.wal_hold(&self.hold_name) {
-            if hold.invalidated.is_none() && pos.flushed > hold.lsn {
-                if let Err(e) = r.db.hold_wal(&self.hold_name, pos.flushed, true) {
-                    tracing::warn!(hold = %self.hold_name, lsn = %pos.flushed, "could not move the WAL hold: {e}");
+            if hold.invalidated.is_none() && keep > hold.lsn {
+                if let Err(e) = r.db.hold_wal(&self.hold_name, keep, true) {
+                    tracing::warn!(hold = %self.hold_name, lsn = %keep, "could not move the WAL hold: {e}");
                 }
             }
         }

@@ -238,13 +238,20 @@ fn slots_are_created_used_dropped_and_survive_restarts() {
     assert!(e.message.contains("\"a\""), "{e}");
     assert_eq!(r.drop_replication_slot("r1").unwrap_err().code, ErrorCode::ObjectInUse);
 
-    // Acks move the slot and the connection hold (once the server placed it).
+    // Acks move the slot and the connection hold (once the server placed it), never past
+    // this server's durable end: a standby may have flushed WAL sent before it was durable.
     db.hold_wal(h.hold_name(), flushed, true).unwrap();
-    h.ack(at(flushed.0 + 10));
-    assert_eq!(db.wal_hold("slot:r1").unwrap().lsn, Lsn(flushed.0 + 10));
-    assert_eq!(db.wal_hold(h.hold_name()).unwrap().lsn, Lsn(flushed.0 + 10));
+    let far = flushed.0 + 1_000_000;
+    h.ack(at(far));
+    assert_eq!(db.wal_hold("slot:r1").unwrap().lsn, flushed);
+    assert_eq!(db.wal_hold(h.hold_name()).unwrap().lsn, flushed);
+    let moved = db.create_restore_point("later").unwrap();
+    assert!(moved > flushed && Lsn(far) > moved);
+    h.ack(at(far));
+    assert_eq!(db.wal_hold("slot:r1").unwrap().lsn, moved);
+    assert_eq!(db.wal_hold(h.hold_name()).unwrap().lsn, moved);
     let row = rows(r.show_replication().unwrap()).remove(0);
-    assert_eq!(row[11..], [text("r1"), text(&Lsn(flushed.0 + 10).to_string()), text("reserved")]);
+    assert_eq!(row[11..], [text("r1"), text(&moved.to_string()), text("reserved")]);
     let hold = h.hold_name().to_string();
     drop(h);
     assert!(db.wal_hold(&hold).is_none(), "the connection's hold goes with it");
@@ -255,7 +262,7 @@ fn slots_are_created_used_dropped_and_survive_restarts() {
     drop(r);
     db.release_wal("slot:r1");
     let r = replication(&dir, &db, "");
-    assert_eq!(db.wal_hold("slot:r1").unwrap().lsn, Lsn(flushed.0 + 10));
+    assert_eq!(db.wal_hold("slot:r1").unwrap().lsn, moved);
     assert_eq!(r.drop_replication_slot("r1").unwrap(), StatementResult::tag("DROP REPLICATION SLOT"));
     assert!(db.wal_hold("slot:r1").is_none());
     assert_eq!(r.drop_replication_slot("r1").unwrap_err().code, ErrorCode::UndefinedObject);

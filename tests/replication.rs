@@ -2,8 +2,8 @@
 //! replicas (one cascading from the other) that converge on the primary's exact state through
 //! SIGKILLs of every process; `remote_apply` making each acknowledged commit visible on the
 //! replica at once; queries on a replica that see a consistent snapshot while transfers replay;
-//! a replica that refuses writes; and a replica whose WAL the primary removed, which says so by
-//! name. Set `HINDSIGHT_TEST_SEED` to replay the random choices of a run.
+//! a replica that refuses writes; a synchronous standby killed while it holds WAL its primary
+//! had not confirmed; and a replica whose WAL the primary removed, which says so by name. Set `HINDSIGHT_TEST_SEED` to replay the random choices of a run.
 
 mod common;
 
@@ -624,6 +624,101 @@ async fn remote_apply_makes_every_acknowledged_commit_visible_on_the_replica() -
     }
     let count = reader.query("SELECT count(*) FROM t").await?;
     ensure!(count[0].rows == vec![vec![Value::Int(COMMITS)]], "the replica counts {:?}", count[0].rows);
+    Ok(())
+}
+
+/// Waits until the primary lists `name` as a streaming synchronous standby.
+async fn wait_sync_standby(client: &mut Client, name: &str) -> anyhow::Result<()> {
+    let deadline = Deadline::new(format!("the primary to list {name} as a streaming synchronous standby"));
+    loop {
+        let rows = show_replication(client).await?;
+        let row = rows.iter().find(|row| text_of(row, "name") == name);
+        if row.is_some_and(|row| text_of(row, "state") == "streaming" && text_of(row, "sync_state") == "sync")
+        {
+            return Ok(());
+        }
+        deadline.tick(|| format!("{rows:?}")).await?;
+    }
+}
+
+/// A primary sends `remote_apply` commits to its standby before they are durable on it
+/// (decision #34), so a standby killed mid-stream restarts holding WAL its primary had not
+/// confirmed: it shows none of it until the primary sends the same bytes again. Every commit
+/// acknowledged before, between and after three SIGKILLs of the standby is on it at the end,
+/// and it reaches the primary's exact state. Both servers fsync.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_synchronous_standby_killed_mid_stream_keeps_every_acknowledged_commit() -> anyhow::Result<()> {
+    let temp = tempfile::tempdir()?;
+    let primary_config =
+        write_config(temp.path(), "primary.toml", "synchronous_standbys = \"FIRST 1 (r1)\"\n")?;
+    let primary_dir = temp.path().join("primary");
+    let mut primary = Primary::start_with(&primary_dir, &["--config", &primary_config])?;
+    let password_file = primary_dir.join("admin.secret");
+    let mut admin = primary.connect().await?;
+    admin.query("CREATE TABLE t (id BIGINT PRIMARY KEY, v BIGINT NOT NULL)").await?;
+    let r1_dir = temp.path().join("r1");
+    let mut r1 = Replica::start(&r1_dir, &primary.addr, &password_file, "r1", &[])?;
+    let r1_addr = r1.addr.clone();
+    wait_sync_standby(&mut admin, "r1").await?;
+
+    // One writer, remote_apply: each commit waits for r1, through its restarts too.
+    let acked = Arc::new(AtomicUsize::new(0));
+    let stop = Arc::new(AtomicBool::new(false));
+    let mut writer = primary.connect().await?;
+    let set = writer.query("SET synchronous_commit = remote_apply").await?;
+    ensure!(set.first().map(|r| r.tag.as_str()) == Some("SET"), "SET answered {set:?}");
+    let (writer_acked, writer_stop) = (Arc::clone(&acked), Arc::clone(&stop));
+    let writing = tokio::spawn(async move {
+        let mut id = 0i64;
+        while !writer_stop.load(Ordering::Relaxed) {
+            writer.query(&format!("INSERT INTO t VALUES ({id}, {})", id * 3)).await.context("insert")?;
+            id += 1;
+            writer_acked.store(id as usize, Ordering::Relaxed);
+        }
+        anyhow::Ok(id)
+    });
+    let wait_for_more = |more: usize, what: &str| {
+        let target = acked.load(Ordering::Relaxed) + more;
+        let deadline = Instant::now() + DEADLINE;
+        while acked.load(Ordering::Relaxed) < target {
+            ensure!(!writing.is_finished(), "the writer stopped {what}");
+            ensure!(Instant::now() < deadline, "timed out waiting for {more} more commits {what}");
+            std::thread::sleep(POLL_INTERVAL);
+        }
+        Ok(())
+    };
+    for kill in 1..=3 {
+        wait_for_more(200, &format!("before kill {kill}"))?;
+        r1.kill9()?;
+        println!("killed r1 after {} acknowledged commits", acked.load(Ordering::Relaxed));
+        r1 = Replica::restart_on(&r1_dir, &r1_addr, &primary.addr, &password_file, "r1", &[])?;
+    }
+    wait_for_more(200, "after the last restart")?;
+    stop.store(true, Ordering::Relaxed);
+    let written = tokio::time::timeout(DEADLINE, writing).await.context("the writer did not stop")???;
+    let tails = r1.log().matches("replayed up to the Lsn the upstream confirmed").count();
+    println!("{written} commits acknowledged; r1 restarted with a pending tail {tails} of 3 times");
+
+    let context = || format!("\n--- primary log:\n{}\n--- r1 log:\n{}", primary.log(), r1.log());
+    if let Err(e) = wait_converged(&primary, &[&r1]).await {
+        bail!("{e:#}{}", context());
+    }
+    let mut reader = r1.connect().await?;
+    let read = reader.query("SELECT count(*), min(id), max(id), sum(v) FROM t").await?;
+    let want = vec![vec![
+        Value::Int(written),
+        Value::Int(0),
+        Value::Int(written - 1),
+        Value::Int(3 * written * (written - 1) / 2),
+    ]];
+    ensure!(
+        read[0].rows == want,
+        "r1 holds {:?}, the writer had {want:?} acknowledged{}",
+        read[0].rows,
+        context()
+    );
+    let running = (r1.is_running(), primary.is_running());
+    ensure!(running == (true, true), "a server exited (r1, primary running: {running:?})");
     Ok(())
 }
 

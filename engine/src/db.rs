@@ -18,7 +18,7 @@
 use crate::checkpoint::{
     load_snapshot, snapshot_file_name, write_snapshot, Control, LoadedSnapshot, SnapshotMeta, SnapshotWritten,
 };
-use crate::confirmed::ConfirmedFile;
+use crate::confirmed::{ConfirmedFile, Recorded};
 use crate::error::{Error, ErrorCode, Result, SqlError};
 use crate::inbox::{Inbox, Lane, RecvError, SendError};
 use crate::replay::{Replayer, TXN_CHANGE_BYTES_MAX};
@@ -208,13 +208,13 @@ impl Shared {
             newest = q.held.pop_front();
         }
         newest.map(|state| {
-            let mut published = self.published.lock();
-            store.publish(state.lsn, state.commit_time_us);
-            *published = state;
-            drop(published);
+            // Recorded before it shows, so a restart never shows less than a reader saw.
             if let Some(file) = &mut q.confirmed {
                 file.record(state.lsn);
             }
+            let mut published = self.published.lock();
+            store.publish(state.lsn, state.commit_time_us);
+            *published = state;
             state.lsn
         })
     }
@@ -364,13 +364,21 @@ impl Flusher {
             let mut acks = Vec::new();
             while q.groups.front().is_some_and(|g| g.written <= target) {
                 let g = q.groups.pop_front().expect("front exists");
+                if q.held.len() == HELD_GROUPS_MAX {
+                    // A newer state shows everything an older one would: only later.
+                    q.held.pop_front();
+                }
                 q.held.push_back(g.state);
                 acks.extend(g.acks);
             }
             shared.flushed_lsn.fetch_max(target.0, Ordering::AcqRel);
             q.flushed = Some(target);
             let published_lsn = shared.publish_confirmed(store, &mut q);
+            let sync = q.confirmed.as_mut().and_then(ConfirmedFile::due_sync);
             drop(q);
+            if let Some(sync) = sync {
+                sync.sync();
+            }
             self.done.notify_all();
             last_acked = acks.iter().filter(|a| a.writer_returns()).count();
             shared.commits.fetch_add(acks.len() as u64, Ordering::Relaxed);
@@ -571,12 +579,17 @@ impl Database {
         // WAL after it stays as a pending tail, compared with what the upstream sends again
         // (decision #34). A primary replays everything.
         let confirmed = if standby {
-            let (file, held) = ConfirmedFile::open(dir)?;
-            Some((file, held.unwrap_or(Lsn::ZERO).max(control.checkpoint_lsn)))
+            let (file, recorded) = ConfirmedFile::open(dir)?;
+            let stop = match recorded {
+                Recorded::Nothing => None,
+                Recorded::Unreadable => Some(control.checkpoint_lsn),
+                Recorded::At(lsn) => Some(lsn.max(control.checkpoint_lsn)),
+            };
+            Some((file, stop))
         } else {
             None
         };
-        let stop = confirmed.as_ref().map(|(_, lsn)| *lsn);
+        let stop = confirmed.as_ref().and_then(|(_, stop)| *stop);
         let (end, replayer, replayed, stopped) =
             replay_wal(wal, start, Some(control.checkpoint_prev_lsn), replayer, stop)?;
         report.replay_elapsed = replay_started.elapsed();
@@ -641,15 +654,26 @@ impl Database {
             Some(at) => (at.end, at.prev),
             None => (writer.insert_lsn(), prev),
         };
-        if let Some(at) = stopped.filter(|_| config.fsync) {
-            // The tail may sit in the page cache only (the last process was killed before its
-            // fdatasync): it counts as flushed once matched, so make it durable now.
-            sync_wal_range(&wal_dir, control.timeline, seg, at.end, writer.insert_lsn())?;
+        if config.fsync {
+            // After a kill -9 the WAL's end may sit in the page cache only. A primary reports
+            // what it replayed as durable to its standbys, and a replica counts a matched tail
+            // as flushed: make it durable first.
+            sync_wal_range(&wal_dir, control.timeline, seg, start, writer.insert_lsn())?;
         }
         let standby_state = standby.then(|| Standby {
             decoder: Decoder::new(received, Some(received_prev), seg, control.system_id),
             received,
-            tail: stopped.map(|_| Tail { end: writer.insert_lsn(), shown: None }),
+            decoded: received,
+            tail: stopped.map(|_| Tail {
+                end: writer.insert_lsn(),
+                shown: Published {
+                    lsn: visible,
+                    prev_lsn: visible_prev,
+                    txid,
+                    commit_time_us: time,
+                    digest: store.digest(),
+                },
+            }),
         });
         let shared = Arc::new(Shared {
             standby,
@@ -662,7 +686,13 @@ impl Database {
             }),
             insert_lsn: AtomicU64::new(received.0),
             flushed_lsn: AtomicU64::new(received.0),
-            upstream_durable: AtomicU64::new(stop.map_or(u64::MAX, |lsn| lsn.0)),
+            // A replica's WAL from before decision #34 (no `confirmed` file) was all durable
+            // upstream when it arrived.
+            upstream_durable: AtomicU64::new(match (standby, stop) {
+                (false, _) => u64::MAX,
+                (true, Some(lsn)) => lsn.0,
+                (true, None) => received.0,
+            }),
             publish_hooks: parking_lot::RwLock::new(Vec::new()),
             written_hooks: parking_lot::RwLock::new(Vec::new()),
             holds: WalHolds::new(oldest_lsn, config.max_slot_wal_keep_bytes),
@@ -680,7 +710,11 @@ impl Database {
         let inbox = Arc::new(Inbox::new(COMMIT_QUEUE_MAX, WAL_QUEUE_MAX));
         let flusher = Arc::new(Flusher {
             queue: Mutex::new(FlushQueue {
-                confirmed: confirmed.map(|(file, _)| file),
+                confirmed: confirmed.map(|(mut file, _)| {
+                    file.record(visible);
+                    file.sync_handle().sync();
+                    file
+                }),
                 ..FlushQueue::default()
             }),
             wake: parking_lot::Condvar::new(),
@@ -1144,14 +1178,21 @@ fn init_dir(dir: &Path, config: &Config) -> Result<()> {
     Ok(())
 }
 
+/// Flushed groups a replica holds for its upstream's confirmation at most; past it the oldest
+/// is dropped, and the newer ones show it once confirmed.
+pub const HELD_GROUPS_MAX: usize = 4096;
+
 /// A replica committer's input side.
 struct Standby {
     /// Decodes the WAL bytes written, from the replay position on.
     decoder: Decoder,
-    /// The end of the WAL taken from the current upstream connection (written, or found equal
-    /// to the pending tail). Reported upstream as written, and flushed once fsynced.
+    /// The end of the WAL taken as input since the stream (re)started: written, or found equal
+    /// to the pending tail. Reported upstream as written, and flushed once fsynced.
     received: Lsn,
-    /// WAL on disk from `received` to `end` that the current upstream has not sent again yet.
+    /// The end of the WAL fed to the decoder (and replayed). Past `received` only while a
+    /// tail that was replayed before a reconnect is compared again.
+    decoded: Lsn,
+    /// WAL on disk from `received` to its `end` that the upstream has not sent again yet.
     tail: Option<Tail>,
 }
 
@@ -1160,15 +1201,21 @@ struct Standby {
 /// bytes are taken as they are, and at the first difference the rest is cut (the upstream lost
 /// it, so no client was told it committed). Never cut before that: it may hold `remote_flush`
 /// commits a client was told about.
+///
+/// Invariants:
+/// - `received <= end`, and the writer stands at `end`; nothing is written while a tail is
+///   pending.
+/// - Bytes below `Standby::decoded` were replayed already (into versions nothing shows): a
+///   difference there stops replay until a restart, which drops them. Bytes above it are
+///   replayed as they are matched, and a difference there is cut.
+/// - While `received < decoded`, groups carry `shown`, the state visible when the stream
+///   restarted, since the replayer's state is past what was compared.
 #[derive(Clone, Copy, Debug)]
 struct Tail {
     /// Where the pending WAL ends (the writer's position).
     end: Lsn,
-    /// `None` after a restart: crash recovery did not replay the tail, so equal bytes are
-    /// replayed as they are matched. `Some` after a reconnect: the tail was replayed already
-    /// (never shown), and groups carry this state, the one shown, until the tail is matched
-    /// whole; a difference then stops replay until a restart drops the tail.
-    shown: Option<Published>,
+    /// The state shown when the tail was set aside.
+    shown: Published,
 }
 
 /// fdatasyncs the WAL segments holding `from..to` (a replica's pending tail after a restart).
@@ -1331,7 +1378,7 @@ impl Committer {
         // A replica's group ends where its input does, which is behind its writer while a
         // pending tail is matched; while a replayed tail is matched it shows nothing new.
         let (written, shown) = match &self.standby {
-            Some(s) => (s.received, s.tail.and_then(|t| t.shown)),
+            Some(s) => (s.received, s.tail.filter(|_| s.received < s.decoded).map(|t| t.shown)),
             None => (self.writer.insert_lsn(), None),
         };
         if acks.is_empty() && written == self.enqueued_written {
@@ -1438,7 +1485,9 @@ impl Committer {
         self.wait_flushed()?;
         let durable = Lsn(self.shared.upstream_durable.load(Ordering::Acquire));
         let standby = self.standby.as_mut().expect("only a replica resumes a stream");
-        if standby.tail.is_some() || standby.received <= durable {
+        // WAL past the confirmed Lsn, written or matched on an earlier connection, may be what
+        // the upstream lost: compared again, from the confirmed Lsn.
+        if standby.received <= durable {
             return Ok(standby.received);
         }
         let mut q = self.flusher.queue.lock();
@@ -1446,11 +1495,12 @@ impl Committer {
         // come back once the upstream has sent the same bytes again.
         q.held.clear();
         let shown = *self.shared.published.lock();
+        let end = standby.tail.map_or(standby.received, |t| t.end);
         tracing::info!(
-            confirmed = %durable, end = %standby.received,
+            confirmed = %durable, end = %end,
             "holding WAL past what the upstream confirmed durable; it is compared with what the upstream sends again"
         );
-        standby.tail = Some(Tail { end: standby.received, shown: Some(shown) });
+        standby.tail = Some(Tail { end, shown });
         standby.received = durable;
         self.shared.insert_lsn.store(durable.0, Ordering::Release);
         self.shared.flushed_lsn.store(durable.0, Ordering::Release);
@@ -1474,16 +1524,20 @@ impl Committer {
         }
         let (mut pos, mut rest) = (start, bytes);
         if let Some(tail) = standby.tail {
+            let decoded = standby.decoded;
             let n = (tail.end.0 - start.0).min(bytes.len() as u64) as usize;
             let same = self.equal_prefix(start, &bytes[..n])?;
-            if tail.shown.is_none() {
-                self.replay_bytes(&bytes[..same])?;
-            }
             pos = start.add(same as u64);
+            // Matched bytes not replayed yet are replayed now.
+            if pos > decoded {
+                self.replay_bytes(&bytes[(decoded.max(start).0 - start.0) as usize..same])?;
+            }
             rest = &bytes[same..];
-            self.standby.as_mut().expect("a replica").received = pos;
+            let standby = self.standby.as_mut().expect("a replica");
+            standby.received = pos;
+            standby.decoded = decoded.max(pos);
             if same < n {
-                self.diverged(pos, tail)?;
+                self.diverged(pos, decoded, tail)?;
             }
             if same < n || pos == tail.end {
                 self.standby.as_mut().expect("a replica").tail = None;
@@ -1492,7 +1546,9 @@ impl Committer {
         if !rest.is_empty() {
             self.writer.write_raw(pos, rest)?;
             self.replay_bytes(rest)?;
-            self.standby.as_mut().expect("a replica").received = pos.add(rest.len() as u64);
+            let standby = self.standby.as_mut().expect("a replica");
+            standby.received = pos.add(rest.len() as u64);
+            standby.decoded = standby.received;
         }
         Ok(())
     }
@@ -1517,13 +1573,13 @@ impl Committer {
     }
 
     /// The upstream sent bytes that differ from the pending tail at `at`: it lost the tail's
-    /// WAL from there in a crash, after sending it. A tail that crash recovery did not replay
-    /// is cut there; one already replayed stops replay until a restart, which drops it
-    /// (the store cannot take back what was replayed, though nothing of it was shown).
-    fn diverged(&mut self, at: Lsn, tail: Tail) -> Result<()> {
+    /// WAL from there in a crash, after sending it. Where nothing past `at` was replayed yet
+    /// (`decoded`), the tail is cut there; otherwise replay stops until a restart, which
+    /// drops it (the store cannot take back what was replayed, though nothing of it was shown).
+    fn diverged(&mut self, at: Lsn, decoded: Lsn, tail: Tail) -> Result<()> {
         let seg = self.control.segment_size_bytes;
         let file = self.dir.join("wal").join(segment_file_name(self.control.timeline, segment_of(at, seg)));
-        if tail.shown.is_some() {
+        if at < decoded {
             return Err(Error::Corrupt {
                 lsn: at,
                 file,
@@ -1891,8 +1947,9 @@ impl Committer {
 
     /// Makes a replica's confirmed Lsn durable (see [`crate::confirmed`]); a no-op on a primary.
     fn sync_confirmed(&self) {
-        if let Some(file) = &self.flusher.queue.lock().confirmed {
-            file.sync();
+        let sync = self.flusher.queue.lock().confirmed.as_mut().map(ConfirmedFile::sync_handle);
+        if let Some(sync) = sync {
+            sync.sync();
         }
     }
 

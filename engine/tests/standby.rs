@@ -292,7 +292,7 @@ fn a_restarted_standby_shows_only_what_was_confirmed_and_keeps_the_rest() {
     assert_eq!(dump(&replica).len(), 20);
     pos = replica.resume_stream().unwrap();
     assert_eq!(pos, e1, "the stream starts at the confirmed Lsn");
-    // The same bytes again: taken as they are (replayed, not written twice), then confirmed.
+    // The same bytes again: taken as they are (replayed from what arrives), then confirmed.
     feed(&primary, &replica, e1, e2);
     wait_for(&replica, "the matched tail is flushed", |s| s.flushed_lsn == e2);
     assert_eq!(replica.status().visible_lsn, e1, "matched is not confirmed");
@@ -418,6 +418,113 @@ fn a_reconnecting_standby_compares_what_it_holds_unconfirmed() {
     assert_eq!(replica.recovery_report().pending_tail, Some((e2, e3)));
     let (mut slice, mut pos) = (1, replica.resume_stream().unwrap());
     assert_eq!(pos, e2);
+    wait_caught_up(&primary, &replica, &mut slice, &mut pos);
+    assert!(dump(&replica).values().all(|v| *v != 1000), "the lost rows never show");
+    assert_eq!(replica.store().recompute_digest(), primary.status().digest);
+}
+
+/// The upstream kept part of what the replica holds unconfirmed: that part stays and shows
+/// once confirmed (nothing is cut before the first difference), and a reconnect before the
+/// difference arrives compares from the confirmed Lsn again and cuts only there.
+#[test]
+fn a_standby_keeps_the_part_of_its_tail_the_upstream_kept() {
+    let pdir = tempfile::tempdir().unwrap();
+    let lost_dir = tempfile::tempdir().unwrap();
+    let rdir = tempfile::tempdir().unwrap();
+    let primary = Database::open(pdir.path(), config()).unwrap();
+    let def = create_accounts(&primary);
+    take_backup(&primary, rdir.path());
+    let replica = Database::open_standby(rdir.path(), config()).unwrap();
+    let start = replica.resume_stream().unwrap();
+    let e1 = commit_rows(&primary, &def, 0, 20, 1);
+    feed(&primary, &replica, start, e1);
+    replica.confirm_upstream(e1);
+    wait_for(&replica, "the confirmed WAL shows", |s| s.visible_lsn == e1);
+    let kept = commit_rows(&primary, &def, 20, 10, 1);
+    drop(primary);
+    copy_dir(pdir.path(), lost_dir.path());
+    let primary = Database::open(pdir.path(), config()).unwrap();
+    let e2 = commit_rows(&primary, &def, 30, 10, 1000);
+    feed(&primary, &replica, e1, e2);
+    wait_for(&replica, "the replica flushes it all", |s| s.flushed_lsn == e2);
+    drop(replica);
+    drop(primary);
+
+    let primary = Database::open(lost_dir.path(), config()).unwrap();
+    assert_eq!(primary.flushed_lsn(), kept);
+    let replica = Database::open_standby(rdir.path(), config()).unwrap();
+    assert_eq!(replica.resume_stream().unwrap(), e1);
+    feed(&primary, &replica, e1, kept);
+    replica.confirm_upstream(kept);
+    wait_for(&replica, "the kept part shows", |s| s.visible_lsn == kept);
+    assert_eq!(dump(&replica), dump(&primary));
+    assert_eq!(dump(&replica).len(), 30);
+    // A reconnect before the upstream writes anything new: from the confirmed Lsn, with the
+    // rest of the tail still held and not reported.
+    assert_eq!(replica.resume_stream().unwrap(), kept);
+    assert_eq!(replica.lsn_ladder(), (kept, kept, kept));
+    let e3 = commit_rows(&primary, &def, 700, 5, 9);
+    feed(&primary, &replica, kept, e3);
+    replica.confirm_upstream(e3);
+    wait_for(&replica, "the new history shows", |s| s.visible_lsn == e3);
+    assert_eq!(replica.status().replay_error, None, "cut where it differs, past what was replayed");
+    assert_eq!(dump(&replica), dump(&primary));
+    drop(replica);
+    let replica = Database::open_standby(rdir.path(), config()).unwrap();
+    assert_eq!(replica.recovery_report().pending_tail, None);
+    assert_eq!(dump(&replica), dump(&primary));
+}
+
+/// A replica restarted with a pending tail matches part of it, unconfirmed, and reconnects to
+/// an upstream that lost that part: the new stream starts at the confirmed Lsn again, nothing
+/// matched on the earlier connection is reported or shown, and the difference inside what it
+/// replayed stops replay until a restart, after which it follows the new history.
+#[test]
+fn a_reconnect_while_matching_a_tail_compares_again_from_the_confirmed_lsn() {
+    let pdir = tempfile::tempdir().unwrap();
+    let lost_dir = tempfile::tempdir().unwrap();
+    let rdir = tempfile::tempdir().unwrap();
+    let primary = Database::open(pdir.path(), config()).unwrap();
+    let def = create_accounts(&primary);
+    take_backup(&primary, rdir.path());
+    let replica = Database::open_standby(rdir.path(), config()).unwrap();
+    let start = replica.resume_stream().unwrap();
+    let e1 = commit_rows(&primary, &def, 0, 20, 1);
+    feed(&primary, &replica, start, e1);
+    replica.confirm_upstream(e1);
+    let kept = commit_rows(&primary, &def, 20, 10, 1);
+    drop(primary);
+    copy_dir(pdir.path(), lost_dir.path());
+    let primary = Database::open(pdir.path(), config()).unwrap();
+    let e2 = commit_rows(&primary, &def, 30, 10, 1000);
+    feed(&primary, &replica, e1, e2);
+    wait_for(&replica, "the replica flushes it all", |s| s.flushed_lsn == e2);
+    drop(replica);
+
+    // Restarted, it matches most of the tail against the primary, which confirms only e1.
+    let replica = Database::open_standby(rdir.path(), config()).unwrap();
+    assert_eq!(replica.resume_stream().unwrap(), e1);
+    let mid = Lsn((kept.0 + e2.0) / 2);
+    feed(&primary, &replica, e1, mid);
+    wait_for(&replica, "the matched part is flushed", |s| s.flushed_lsn == mid);
+    assert_eq!(replica.status().visible_lsn, e1);
+    drop(primary);
+    // The primary comes back without the WAL after `kept`.
+    let primary = Database::open(lost_dir.path(), config()).unwrap();
+    assert_eq!(replica.resume_stream().unwrap(), e1, "from the confirmed Lsn, not from what was matched");
+    assert_eq!(replica.lsn_ladder(), (e1, e1, e1), "nothing matched before is reported");
+    let e3 = commit_rows(&primary, &def, 700, 5, 9);
+    feed(&primary, &replica, e1, e3);
+    replica.confirm_upstream(e3);
+    wait_for(&replica, "replay stops on the difference", |s| s.replay_error.is_some());
+    let why = replica.status().replay_error.unwrap();
+    assert!(why.contains("restart this replica"), "{why}");
+    assert!(replica.status().visible_lsn <= kept, "the lost WAL never shows");
+    assert!(dump(&replica).values().all(|v| *v != 1000), "the lost rows never show");
+    drop(replica);
+
+    let replica = Database::open_standby(rdir.path(), config()).unwrap();
+    let (mut slice, mut pos) = (1, replica.resume_stream().unwrap());
     wait_caught_up(&primary, &replica, &mut slice, &mut pos);
     assert!(dump(&replica).values().all(|v| *v != 1000), "the lost rows never show");
     assert_eq!(replica.store().recompute_digest(), primary.status().digest);

@@ -149,8 +149,12 @@ impl StatusReporter {
     }
 
     /// Reports the Lsn ladder upstream now, if streaming. Never blocks.
+    ///
+    /// The ladder is read with the link locked: a ladder read while one connection was
+    /// attached never goes out on the next one, whose stream may start lower (decision #34).
     pub fn report(&self) {
-        if self.link.lock().writer.is_none() {
+        let link = self.link.lock();
+        if link.writer.is_none() {
             return;
         }
         let Some(db) = self.db.upgrade() else { return };
@@ -166,11 +170,16 @@ impl StatusReporter {
             client_time_us: now_us(),
             reply_requested: false,
         };
-        self.send(&ClientMessage::from(status));
+        self.send_on(link, &ClientMessage::from(status));
     }
 
     /// Writes one message's frame, or queues what the socket does not take. Never blocks.
     fn send(&self, message: &ClientMessage) {
+        self.send_on(self.link.lock(), message)
+    }
+
+    /// [`send`](StatusReporter::send) with the link already locked.
+    fn send_on(&self, mut link: parking_lot::MutexGuard<'_, Link>, message: &ClientMessage) {
         let frame = match encode_frame(message) {
             Ok(frame) => frame,
             Err(e) => {
@@ -178,7 +187,6 @@ impl StatusReporter {
                 return;
             }
         };
-        let mut link = self.link.lock();
         let Link { writer: Some(writer), next } = &mut *link else { return };
         if !writer.is_clear() || next.is_some() {
             *next = Some(frame);

@@ -639,8 +639,8 @@ impl StandbyHandle {
 
     /// A StandbyStatus arrived: record positions (clamp the ladder
     /// received>=written>=flushed>=replayed, and never move backwards), measure write/flush/
-    /// replay lag (see [`lag`]), move the slot's restart Lsn to `flushed`, never past this server's durable end (persisted at most
-    /// once per [`SLOT_PERSIST_INTERVAL`]), move this connection's capped hold to `flushed` if
+    /// replay lag (see [`lag`]), move the slot's restart Lsn to `replayed`, never past this server's durable end (persisted at most
+    /// once per [`SLOT_PERSIST_INTERVAL`]), move this connection's capped hold to `replayed` if
     /// the server placed it, and wake waiters.
     pub fn ack(&self, pos: StandbyPositions) {
         let r = &*self.replication;
@@ -657,9 +657,10 @@ impl StandbyHandle {
             standby.flush_lag.observe(&samples, pos.flushed, now);
             standby.replay_lag.observe(&samples, pos.replayed, now);
         }
-        // A standby flushes WAL before this server has made it durable (decision #34), so its
-        // flushed Lsn can run past what a crash here would keep: holds never move past that.
-        let keep = pos.flushed.min(r.db.flushed_lsn());
+        // A standby flushes WAL before this server has made it durable (decision #34), and
+        // after a restart it streams again from what it had shown: holds follow `replayed`,
+        // and never pass what a crash here would keep.
+        let keep = pos.replayed.min(r.db.flushed_lsn());
         if let Some(name) = &slot_name {
             r.refresh_invalidated(&mut st, Some(name));
             let slot = st.slots.get_mut(name).expect("an active slot is never dropped");

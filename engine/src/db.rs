@@ -7,7 +7,11 @@
 //! DIR/lock           held with flock(2) while a process has the directory open
 //! DIR/wal/           WAL segments
 //! DIR/snapshots/     snapshot files
+//! DIR/confirmed      a replica's confirmed Lsn (see [`crate::confirmed`])
 //! ```
+//!
+//! A replica's committer takes WAL bytes instead of write sets; that side, with the pending
+//! tail it keeps past what its upstream confirmed durable, is in `standby`.
 //!
 //! One committer thread owns the WAL writer and every store mutation. Sessions send it write
 //! sets through its bounded inbox (`inbox`); it takes every request waiting (group commit), checks each for
@@ -18,6 +22,10 @@
 use crate::checkpoint::{
     load_snapshot, snapshot_file_name, write_snapshot, Control, LoadedSnapshot, SnapshotMeta, SnapshotWritten,
 };
+mod standby;
+
+pub use self::standby::HELD_GROUPS_MAX;
+use self::standby::{sync_wal_range, Standby, Tail};
 use crate::confirmed::{ConfirmedFile, Recorded};
 use crate::error::{Error, ErrorCode, Result, SqlError};
 use crate::inbox::{Inbox, Lane, RecvError, SendError};
@@ -28,7 +36,7 @@ use crate::store::{ReadView, Store};
 use crate::txn::{AfterCommit, CommitInfo, PendingCommit, WriteSet};
 use crate::wal::decoder::Decoder;
 use crate::wal::holds::{HoldError, WalHold, WalHolds};
-use crate::wal::reader::{list_segments, scan_wal, RawWalReader, TailPolicy, WalDir};
+use crate::wal::reader::{list_segments, scan_wal, TailPolicy, WalDir};
 use crate::wal::record::{
     change_encoded_len, encode_changes, Change, ChangeOp, CommitRecord, Record, RecordKind, TableChanges,
     RECORD_HEADER_LEN, RECORD_LEN_MAX, RESTORE_POINT_NAME_MAX,
@@ -967,7 +975,7 @@ impl Database {
     /// The end of the WAL that no crash can take back: on a primary, what it has made durable
     /// and visible; on a replica, what it has flushed and its upstream reported durable. A WAL
     /// sender reports it to its standbys, which show nothing past it.
-    pub fn flushed_lsn(&self) -> Lsn {
+    pub fn durable_lsn(&self) -> Lsn {
         if self.standby {
             let own = self.shared.flushed_lsn.load(Ordering::Acquire);
             Lsn(own.min(self.shared.upstream_durable.load(Ordering::Acquire)))
@@ -977,16 +985,16 @@ impl Database {
     }
 
     /// The end of the WAL a WAL sender may send: on a primary, everything written, durable
-    /// or not (its standbys hold what is not durable invisible until [`flushed_lsn`] passes
-    /// it); on a replica, only [`flushed_lsn`], so a cascade never sends early.
+    /// or not (its standbys hold what is not durable invisible until [`durable_lsn`] passes
+    /// it); on a replica, only [`durable_lsn`], so a cascade never sends early.
     ///
-    /// [`flushed_lsn`]: Database::flushed_lsn
+    /// [`durable_lsn`]: Database::durable_lsn
     pub fn sendable_lsn(&self) -> Lsn {
         if self.standby {
-            self.flushed_lsn()
+            self.durable_lsn()
         } else {
             let written = Lsn(self.shared.insert_lsn.load(Ordering::Acquire));
-            written.max(self.flushed_lsn())
+            written.max(self.durable_lsn())
         }
     }
 
@@ -1175,61 +1183,6 @@ fn init_dir(dir: &Path, config: &Config) -> Result<()> {
     };
     control.write(&dir.join("control"))?;
     tracing::info!(dir = %dir.display(), system_id = format!("{system_id:016X}"), "initialised data directory");
-    Ok(())
-}
-
-/// Flushed groups a replica holds for its upstream's confirmation at most; past it the oldest
-/// is dropped, and the newer ones show it once confirmed.
-pub const HELD_GROUPS_MAX: usize = 4096;
-
-/// A replica committer's input side.
-struct Standby {
-    /// Decodes the WAL bytes written, from the replay position on.
-    decoder: Decoder,
-    /// The end of the WAL taken as input since the stream (re)started: written, or found equal
-    /// to the pending tail. Reported upstream as written, and flushed once fsynced.
-    received: Lsn,
-    /// The end of the WAL fed to the decoder (and replayed). Past `received` only while a
-    /// tail that was replayed before a reconnect is compared again.
-    decoded: Lsn,
-    /// WAL on disk from `received` to its `end` that the upstream has not sent again yet.
-    tail: Option<Tail>,
-}
-
-/// WAL a replica holds past what its upstream confirmed durable, which the upstream may have
-/// lost in a crash (decision #34). It is kept until the upstream sends those Lsns again: equal
-/// bytes are taken as they are, and at the first difference the rest is cut (the upstream lost
-/// it, so no client was told it committed). Never cut before that: it may hold `remote_flush`
-/// commits a client was told about.
-///
-/// Invariants:
-/// - `received <= end`, and the writer stands at `end`; nothing is written while a tail is
-///   pending.
-/// - Bytes below `Standby::decoded` were replayed already (into versions nothing shows): a
-///   difference there stops replay until a restart, which drops them. Bytes above it are
-///   replayed as they are matched, and a difference there is cut.
-/// - While `received < decoded`, groups carry `shown`, the state visible when the stream
-///   restarted, since the replayer's state is past what was compared.
-#[derive(Clone, Copy, Debug)]
-struct Tail {
-    /// Where the pending WAL ends (the writer's position).
-    end: Lsn,
-    /// The state shown when the tail was set aside.
-    shown: Published,
-}
-
-/// fdatasyncs the WAL segments holding `from..to` (a replica's pending tail after a restart).
-fn sync_wal_range(dir: &Path, timeline: Timeline, segment_size_bytes: u64, from: Lsn, to: Lsn) -> Result<()> {
-    if to <= from {
-        return Ok(());
-    }
-    let last = segment_of(Lsn(to.0 - 1), segment_size_bytes);
-    for no in segment_of(from, segment_size_bytes)..=last {
-        let path = dir.join(segment_file_name(timeline, no));
-        File::open(&path)
-            .and_then(|f| f.sync_data())
-            .map_err(|e| Error::io(format!("fsync WAL segment {}", path.display()), e))?;
-    }
     Ok(())
 }
 
@@ -1471,172 +1424,6 @@ impl Committer {
         self.flusher.done.notify_all();
         for g in groups {
             g.acks.into_iter().for_each(|a| a.fail(&why));
-        }
-    }
-
-    /// A replica connects to its upstream: returns where the stream should start. That is
-    /// where its input ended, unless it holds WAL past what the upstream confirmed durable:
-    /// the upstream may have lost that in a crash, so the stream starts at the confirmed Lsn
-    /// and the rest becomes a pending tail, compared with what the upstream sends again.
-    fn resume(&mut self) -> Result<Lsn> {
-        self.check_poisoned()?;
-        // Nothing is in flight once this returns, so the positions set below are not passed by
-        // an older group's fdatasync.
-        self.wait_flushed()?;
-        let durable = Lsn(self.shared.upstream_durable.load(Ordering::Acquire));
-        let standby = self.standby.as_mut().expect("only a replica resumes a stream");
-        // WAL past the confirmed Lsn, written or matched on an earlier connection, may be what
-        // the upstream lost: compared again, from the confirmed Lsn.
-        if standby.received <= durable {
-            return Ok(standby.received);
-        }
-        let mut q = self.flusher.queue.lock();
-        // Held groups are all past the confirmed Lsn (anything at or below it was shown): they
-        // come back once the upstream has sent the same bytes again.
-        q.held.clear();
-        let shown = *self.shared.published.lock();
-        let end = standby.tail.map_or(standby.received, |t| t.end);
-        tracing::info!(
-            confirmed = %durable, end = %end,
-            "holding WAL past what the upstream confirmed durable; it is compared with what the upstream sends again"
-        );
-        standby.tail = Some(Tail { end, shown });
-        standby.received = durable;
-        self.shared.insert_lsn.store(durable.0, Ordering::Release);
-        self.shared.flushed_lsn.store(durable.0, Ordering::Release);
-        self.enqueued_written = durable;
-        Ok(durable)
-    }
-
-    /// A replica's step: writes WAL bytes at their Lsn and replays every record they complete.
-    /// Bytes at Lsns of a pending tail are compared with it instead (see [`Tail`]). Nothing
-    /// becomes visible until the flusher has made it durable and the upstream confirmed it.
-    fn ingest(&mut self, start: Lsn, bytes: &[u8]) -> Result<()> {
-        self.check_poisoned()?;
-        let standby = self.standby.as_ref().expect("WAL input only reaches a replica's committer");
-        if start != standby.received {
-            return Err(Error::Mismatch(format!(
-                "WAL stream out of order: expected bytes at {}, got {} ({} bytes)",
-                standby.received,
-                start,
-                bytes.len()
-            )));
-        }
-        let (mut pos, mut rest) = (start, bytes);
-        if let Some(tail) = standby.tail {
-            let decoded = standby.decoded;
-            let n = (tail.end.0 - start.0).min(bytes.len() as u64) as usize;
-            let same = self.equal_prefix(start, &bytes[..n])?;
-            pos = start.add(same as u64);
-            // Matched bytes not replayed yet are replayed now.
-            if pos > decoded {
-                self.replay_bytes(&bytes[(decoded.max(start).0 - start.0) as usize..same])?;
-            }
-            rest = &bytes[same..];
-            let standby = self.standby.as_mut().expect("a replica");
-            standby.received = pos;
-            standby.decoded = decoded.max(pos);
-            if same < n {
-                self.diverged(pos, decoded, tail)?;
-            }
-            if same < n || pos == tail.end {
-                self.standby.as_mut().expect("a replica").tail = None;
-            }
-        }
-        if !rest.is_empty() {
-            self.writer.write_raw(pos, rest)?;
-            self.replay_bytes(rest)?;
-            let standby = self.standby.as_mut().expect("a replica");
-            standby.received = pos.add(rest.len() as u64);
-            standby.decoded = standby.received;
-        }
-        Ok(())
-    }
-
-    /// How many of `bytes` equal the local WAL from `start` on.
-    fn equal_prefix(&self, start: Lsn, bytes: &[u8]) -> Result<usize> {
-        let seg = self.control.segment_size_bytes;
-        let mut reader = RawWalReader::new(&self.dir.join("wal"), self.control.timeline, seg);
-        let (mut done, mut local) = (0usize, Vec::new());
-        while done < bytes.len() {
-            local.clear();
-            let from = start.add(done as u64);
-            let n = reader
-                .read(from, start.add(bytes.len() as u64), bytes.len() - done, &mut local)
-                .map_err(|e| Error::Mismatch(format!("read this replica's pending WAL at {from}: {e}")))?;
-            if let Some(i) = local.iter().zip(&bytes[done..]).position(|(a, b)| a != b) {
-                return Ok(done + i);
-            }
-            done += n;
-        }
-        Ok(done)
-    }
-
-    /// The upstream sent bytes that differ from the pending tail at `at`: it lost the tail's
-    /// WAL from there in a crash, after sending it. Where nothing past `at` was replayed yet
-    /// (`decoded`), the tail is cut there; otherwise replay stops until a restart, which
-    /// drops it (the store cannot take back what was replayed, though nothing of it was shown).
-    fn diverged(&mut self, at: Lsn, decoded: Lsn, tail: Tail) -> Result<()> {
-        let seg = self.control.segment_size_bytes;
-        let file = self.dir.join("wal").join(segment_file_name(self.control.timeline, segment_of(at, seg)));
-        if at < decoded {
-            return Err(Error::Corrupt {
-                lsn: at,
-                file,
-                detail: format!(
-                    "the upstream's WAL differs from this replica's at {at}, past {}, the Lsn it confirmed durable: it lost WAL up to {} in a crash after sending it. Nothing past the confirmed Lsn was shown; restart this replica and it drops that WAL",
-                    Lsn(self.shared.upstream_durable.load(Ordering::Acquire)),
-                    tail.end
-                ),
-            });
-        }
-        if at < first_record_lsn(segment_of(at, seg), seg) {
-            return Err(Error::Corrupt {
-                lsn: at,
-                file,
-                detail: "the upstream's WAL differs from this replica's inside a segment header".into(),
-            });
-        }
-        tracing::warn!(
-            at = %at, end = %tail.end,
-            "the upstream's WAL differs from this replica's unconfirmed tail: it lost that WAL in a crash, so no client was told it committed; cutting the tail"
-        );
-        self.writer.cut_at(at)
-    }
-
-    /// Decodes WAL bytes that follow the ones fed before and replays every record they complete.
-    fn replay_bytes(&mut self, bytes: &[u8]) -> Result<()> {
-        let standby = self.standby.as_mut().expect("WAL input only reaches a replica's committer");
-        standby.decoder.feed(bytes);
-        loop {
-            match standby.decoder.next() {
-                Ok(Some(entry)) => {
-                    let lsn = entry.lsn;
-                    self.replayer.apply(entry).map_err(|e| match e {
-                        Error::Corrupt { detail, .. } => Error::Corrupt {
-                            lsn,
-                            file: self.dir.join("wal").join(segment_file_name(
-                                self.control.timeline,
-                                segment_of(lsn, self.control.segment_size_bytes),
-                            )),
-                            detail,
-                        },
-                        other => other,
-                    })?;
-                }
-                Ok(None) => return Ok(()),
-                Err(e) => {
-                    // Only durable WAL is streamed, so anything undecodable is corruption.
-                    return Err(Error::Corrupt {
-                        lsn: e.lsn,
-                        file: self.dir.join("wal").join(segment_file_name(
-                            self.control.timeline,
-                            segment_of(e.lsn, self.control.segment_size_bytes),
-                        )),
-                        detail: format!("in the replication stream: {}", e.detail),
-                    });
-                }
-            }
         }
     }
 

@@ -23,7 +23,8 @@ use parking_lot::{Condvar, Mutex};
 pub(crate) enum Lane {
     /// Requests: commits, checkpoints, restore points, shutdown. Taken first.
     Requests,
-    /// A replica's WAL slices.
+    /// A replica's WAL slices, and its receiver's question where a new stream starts
+    /// (behind the slices queued before it).
     Wal,
 }
 

@@ -23,7 +23,7 @@ fn config() -> hindsight_engine::db::Config {
 /// replica's own insert Lsn may lag behind it).
 fn stream(primary: &Database, replica: &Database, slice: &mut usize, pos: &mut Lsn) {
     let mut reader = RawWalReader::new(&primary.wal_dir(), primary.timeline(), primary.segment_size_bytes());
-    let upto = primary.flushed_lsn();
+    let upto = primary.durable_lsn();
     while *pos < upto {
         *slice = (*slice * 7 + 13) % 70_000 + 1;
         let mut buf = Vec::new();
@@ -107,7 +107,7 @@ fn a_standby_follows_the_raw_wal_and_survives_reopen() {
     }
     let mut reader = RawWalReader::new(&primary.wal_dir(), primary.timeline(), primary.segment_size_bytes());
     let mut buf = Vec::new();
-    let n = reader.read(pos, primary.flushed_lsn(), 1000, &mut buf).unwrap();
+    let n = reader.read(pos, primary.durable_lsn(), 1000, &mut buf).unwrap();
     replica.apply_wal(pos, buf).unwrap();
     let deadline = Instant::now() + Duration::from_secs(10);
     while replica.status().insert_lsn < pos.add(n as u64) {
@@ -136,7 +136,7 @@ fn a_standby_refuses_a_gap_and_stops_on_corrupt_wal() {
     let start = replica.status().insert_lsn;
     let mut reader = RawWalReader::new(&primary.wal_dir(), primary.timeline(), primary.segment_size_bytes());
     let mut buf = Vec::new();
-    reader.read(start, primary.flushed_lsn(), 1 << 20, &mut buf).unwrap();
+    reader.read(start, primary.durable_lsn(), 1 << 20, &mut buf).unwrap();
     // Flip a byte inside the tenth record's body.
     let mut bad = buf.clone();
     let at = bad.len() / 2;
@@ -183,7 +183,7 @@ fn a_standby_shows_only_what_its_upstream_reported_durable() {
     let mut ends = Vec::new();
     for i in 0..3 {
         primary.commit(writes(&def, primary.read_view().lsn(), &[(i, Some(i * 10))])).unwrap();
-        ends.push(primary.flushed_lsn());
+        ends.push(primary.durable_lsn());
     }
     // A slice per commit, as the primary sends them.
     let mut from = start;
@@ -197,13 +197,13 @@ fn a_standby_shows_only_what_its_upstream_reported_durable() {
     wait_for(&replica, "the replica flushes the WAL", |s| s.flushed_lsn == ends[2]);
     let status = replica.status();
     assert_eq!(status.visible_lsn, start, "nothing past the upstream's durable end shows");
-    assert_eq!(replica.flushed_lsn(), start, "a cascade sends nothing unconfirmed");
+    assert_eq!(replica.durable_lsn(), start, "a cascade sends nothing unconfirmed");
     assert_eq!(replica.lsn_ladder(), (ends[2], ends[2], start), "flushed is the replica's own");
     // Confirmed one commit at a time, the replica shows exactly each commit's state.
     for (i, end) in ends.iter().enumerate() {
         replica.confirm_upstream(*end);
         assert_eq!(replica.status().visible_lsn, *end);
-        assert_eq!(replica.flushed_lsn(), *end);
+        assert_eq!(replica.durable_lsn(), *end);
         let view = replica.read_view();
         assert_eq!(view.lsn(), *end);
         assert_eq!(dump(&replica).len(), i + 1, "commit {i} shows, and no later one");
@@ -211,7 +211,7 @@ fn a_standby_shows_only_what_its_upstream_reported_durable() {
     assert_eq!(replica.status().digest, primary.status().digest);
     // The other order: the upstream reports durability before the replica has the WAL.
     primary.commit(writes(&def, primary.read_view().lsn(), &[(7, Some(70))])).unwrap();
-    let end = primary.flushed_lsn();
+    let end = primary.durable_lsn();
     replica.confirm_upstream(end);
     assert_eq!(replica.status().visible_lsn, ends[2], "a report alone shows nothing");
     let mut buf = Vec::new();
@@ -246,7 +246,7 @@ fn commit_rows(
     for i in first..first + n {
         primary.commit(writes(def, primary.read_view().lsn(), &[(i, Some(value))])).unwrap();
     }
-    primary.flushed_lsn()
+    primary.durable_lsn()
 }
 
 /// A cold copy of a data directory: what a primary's disk holds after a crash that lost
@@ -342,7 +342,7 @@ fn a_standby_cuts_its_pending_tail_where_a_restarted_upstream_differs() {
 
     // The primary comes back without that WAL and commits something else, shorter.
     let primary = Database::open(lost_dir.path(), config()).unwrap();
-    assert_eq!(primary.flushed_lsn(), e1);
+    assert_eq!(primary.durable_lsn(), e1);
     let e2b = commit_rows(&primary, &def, 500, 3, 7);
     assert!(e2b < e2);
     let replica = Database::open_standby(rdir.path(), config()).unwrap();
@@ -451,7 +451,7 @@ fn a_standby_keeps_the_part_of_its_tail_the_upstream_kept() {
     drop(primary);
 
     let primary = Database::open(lost_dir.path(), config()).unwrap();
-    assert_eq!(primary.flushed_lsn(), kept);
+    assert_eq!(primary.durable_lsn(), kept);
     let replica = Database::open_standby(rdir.path(), config()).unwrap();
     assert_eq!(replica.resume_stream().unwrap(), e1);
     feed(&primary, &replica, e1, kept);

@@ -361,7 +361,7 @@ impl WalPush {
             self.wake.notify_one();
             return;
         };
-        let (limit, durable) = (db.sendable_lsn(), db.flushed_lsn());
+        let (limit, durable) = (db.sendable_lsn(), db.durable_lsn());
         if s.closed || (s.pos >= limit && !s.owes_durable(durable)) {
             return;
         }
@@ -397,7 +397,7 @@ impl WalPush {
         if !s.writer.drain_into(owner).map_err(StepError::Send)? {
             return Ok(Step::Blocked);
         }
-        let (limit, durable) = (db.sendable_lsn(), db.flushed_lsn());
+        let (limit, durable) = (db.sendable_lsn(), db.durable_lsn());
         // A failed write shows at the next step's drain.
         if s.pos < limit {
             self.send_next(&mut s, limit, durable)?;
@@ -427,7 +427,7 @@ impl WalPush {
         if !s.writer.is_clear() {
             return;
         }
-        let durable = db.flushed_lsn();
+        let durable = db.durable_lsn();
         let message =
             Keepalive { server_flush_lsn: durable.0, server_time_us: now_us(), reply_requested: true };
         if let Ok(frame) = encode_frame(&ServerMessage::from(message)) {
@@ -527,7 +527,7 @@ async fn stream(
         }
     };
     let reader = RawWalReader::new(&db.wal_dir(), timeline, db.segment_size_bytes());
-    let push = Arc::new(WalPush::new(writer, reader, pos, db.flushed_lsn()));
+    let push = Arc::new(WalPush::new(writer, reader, pos, db.durable_lsn()));
     handle.set_state(StandbyState::Catchup);
     handle.set_push(Arc::clone(&push));
     tracing::info!(standby = %name, start = %pos, "streaming WAL");

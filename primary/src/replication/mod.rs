@@ -660,7 +660,7 @@ impl StandbyHandle {
         // A standby flushes WAL before this server has made it durable (decision #34), and
         // after a restart it streams again from what it had shown: holds follow `replayed`,
         // and never pass what a crash here would keep.
-        let keep = pos.replayed.min(r.db.flushed_lsn());
+        let keep = pos.replayed.min(r.db.durable_lsn());
         if let Some(name) = &slot_name {
             r.refresh_invalidated(&mut st, Some(name));
             let slot = st.slots.get_mut(name).expect("an active slot is never dropped");
@@ -856,7 +856,7 @@ impl ReplicationHost for Replication {
                 "drop a slot that is no longer used (SHOW REPLICATION lists them)",
             ));
         }
-        let restart_lsn = self.db.flushed_lsn();
+        let restart_lsn = self.db.durable_lsn();
         let hold = slots::hold_name(&name);
         self.db.hold_wal(&hold, restart_lsn, true).map_err(|e| match e {
             HoldError::TooMany => Replication::slot_error(

@@ -216,7 +216,7 @@ fn lag_is_measured_from_publish_samples() {
 fn slots_are_created_used_dropped_and_survive_restarts() {
     let (dir, db) = open(Config::default());
     let r = replication(&dir, &db, "");
-    let flushed = db.flushed_lsn();
+    let flushed = db.durable_lsn();
     let created = rows(r.create_replication_slot("r1").unwrap());
     assert_eq!(created, vec![vec![text("r1"), text(&flushed.to_string())]]);
     assert_eq!(db.wal_hold("slot:r1").unwrap().lsn, flushed);

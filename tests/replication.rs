@@ -690,8 +690,17 @@ async fn a_synchronous_standby_killed_mid_stream_keeps_every_acknowledged_commit
     for kill in 1..=3 {
         wait_for_more(200, &format!("before kill {kill}"))?;
         r1.kill9()?;
-        println!("killed r1 after {} acknowledged commits", acked.load(Ordering::Relaxed));
+        // Commits wait for r1 now: none is acknowledged until it is back.
+        let before = acked.load(Ordering::Relaxed) as i64;
+        println!("killed r1 after {before} acknowledged commits");
         r1 = Replica::restart_on(&r1_dir, &r1_addr, &primary.addr, &password_file, "r1", &[])?;
+        // Each of them was visible on r1 before the kill: it shows at once on restart, from
+        // what its crash recovery replayed, whatever its pending tail holds.
+        let shown = r1.connect().await?.query("SELECT count(*) FROM t").await?;
+        let Some(Value::Int(count)) = shown[0].rows.first().and_then(|row| row.first()).cloned() else {
+            bail!("count(*) answered {shown:?}")
+        };
+        ensure!(count >= before, "r1 restarted showing {count} rows, fewer than the {before} acknowledged");
     }
     wait_for_more(200, "after the last restart")?;
     stop.store(true, Ordering::Relaxed);

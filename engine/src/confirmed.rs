@@ -11,18 +11,20 @@
 //! | 4..12 | the Lsn, `u64` little-endian |
 //! | 12..16 | CRC32C of bytes 0..12, little-endian |
 //!
-//! It is rewritten in place after every publish without an fsync, and fsynced at most once per
-//! [`CONFIRMED_SYNC_INTERVAL`] by the flusher (off its lock), at each checkpoint and at
-//! shutdown. A stale value is safe: it is one the upstream reported, so it never names WAL the
+//! It is rewritten in place before every publish without an fsync, and fsynced at most once
+//! per [`CONFIRMED_SYNC_INTERVAL`] on a short-lived thread the flusher starts, at each
+//! checkpoint and at shutdown. A stale value is safe: it is one the upstream reported, so it never names WAL the
 //! upstream could lose; recovery only shows less until the upstream confirms the rest again.
 //! A damaged file counts as the checkpoint's Lsn, which is safe for the same reason (a replica
-//! snapshots only what it has shown). The file is created, fsynced with its directory, the
-//! first time a replica opens, so a missing file means a data directory from before decision
-//! #34, when a replica only ever received durable WAL: all of its WAL counts as confirmed.
+//! snapshots only what it has shown). The file is created whole (a temporary name, fsync,
+//! rename, directory fsync) once a replica's first crash recovery ends, so a missing file
+//! means a data directory from before decision #34, when a replica only ever received durable
+//! WAL: all of its WAL counts as confirmed.
 
 use std::fs::{File, OpenOptions};
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -89,46 +91,78 @@ pub(crate) struct ConfirmedFile {
     /// The newest Lsn handed out for an fsync, and when.
     synced: Lsn,
     synced_at: Instant,
+    /// Set while an fsync handed out runs.
+    syncing: Arc<AtomicBool>,
+    /// Whether to fsync at all (`[engine] fsync`).
+    fsync: bool,
     /// A write failed (logged once; the value on disk stays older, which is safe).
     failed: bool,
 }
 
 impl ConfirmedFile {
-    /// Opens the file in `dir`, creating it (durably) when missing, and returns what it held.
-    pub(crate) fn open(dir: &Path) -> Result<(ConfirmedFile, Recorded)> {
+    /// What the file in `dir` holds.
+    pub(crate) fn read(dir: &Path) -> Result<Recorded> {
         let path = dir.join(CONFIRMED_FILE);
-        let io = |e| Error::io(format!("open {}", path.display()), e);
-        let existed = path.exists();
-        let file =
-            OpenOptions::new().read(true).write(true).create(true).truncate(false).open(&path).map_err(io)?;
-        let recorded = if existed {
-            let mut bytes = Vec::new();
-            std::io::Read::read_to_end(&mut &file, &mut bytes).map_err(io)?;
-            match decode_confirmed(&bytes) {
-                Ok(lsn) => Recorded::At(lsn),
-                Err(why) => {
-                    tracing::warn!(
-                        file = %path.display(), why,
-                        "the confirmed Lsn is unreadable; showing only what the last checkpoint holds until the upstream confirms the rest"
-                    );
-                    Recorded::Unreadable
-                }
+        let bytes = match std::fs::read(&path) {
+            Ok(bytes) => bytes,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Recorded::Nothing),
+            Err(e) => return Err(Error::io(format!("read {}", path.display()), e)),
+        };
+        Ok(match decode_confirmed(&bytes) {
+            Ok(lsn) => Recorded::At(lsn),
+            Err(why) => {
+                tracing::warn!(
+                    file = %path.display(), why,
+                    "the confirmed Lsn is unreadable; showing only what the last checkpoint holds until the upstream confirms the rest"
+                );
+                Recorded::Unreadable
             }
-        } else {
-            // Empty until the first record, which reads as damaged: never as "no file".
-            file.sync_all().map_err(io)?;
-            crate::wal::writer::sync_dir(dir)?;
-            Recorded::Nothing
-        };
+        })
+    }
+
+    /// Opens the file in `dir` for writing once crash recovery showed `lsn`, and records
+    /// `lsn` (made durable when `fsync`). A missing file is created whole, under a temporary
+    /// name first, so a crash before then still finds no file.
+    pub(crate) fn open(dir: &Path, recorded: Recorded, lsn: Lsn, fsync: bool) -> Result<ConfirmedFile> {
+        let path = dir.join(CONFIRMED_FILE);
+        let io = |e| Error::io(format!("create {}", path.display()), e);
+        if recorded == Recorded::Nothing {
+            let tmp = dir.join(format!("{CONFIRMED_FILE}.tmp"));
+            let file = File::create(&tmp).map_err(io)?;
+            file.write_all_at(&encode_confirmed(lsn), 0).map_err(io)?;
+            if fsync {
+                file.sync_all().map_err(io)?;
+            }
+            std::fs::rename(&tmp, &path).map_err(io)?;
+            if fsync {
+                crate::wal::writer::sync_dir(dir)?;
+            }
+        }
+        let file = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open(&path)
+            .map_err(|e| Error::io(format!("open {}", path.display()), e))?;
         let written = match recorded {
-            Recorded::At(lsn) => lsn,
-            _ => Lsn::ZERO,
+            Recorded::At(at) => at,
+            Recorded::Nothing => lsn,
+            Recorded::Unreadable => Lsn::ZERO,
         };
-        let file = Arc::new(file);
-        Ok((
-            ConfirmedFile { file, path, written, synced: written, synced_at: Instant::now(), failed: false },
-            recorded,
-        ))
+        let mut confirmed = ConfirmedFile {
+            file: Arc::new(file),
+            path,
+            written,
+            synced: written,
+            synced_at: Instant::now(),
+            syncing: Arc::new(AtomicBool::new(false)),
+            fsync,
+            failed: false,
+        };
+        confirmed.record(lsn);
+        if fsync {
+            confirmed.sync_handle().sync();
+        }
+        Ok(confirmed)
     }
 
     /// Records that everything up to `lsn` was confirmed and shown. Never moves backwards.
@@ -152,15 +186,19 @@ impl ConfirmedFile {
     /// The file to fsync, when its value changed and the last fsync is
     /// [`CONFIRMED_SYNC_INTERVAL`] old: the caller fsyncs it after letting go of the lock.
     pub(crate) fn due_sync(&mut self) -> Option<Synced> {
-        (self.written > self.synced && self.synced_at.elapsed() >= CONFIRMED_SYNC_INTERVAL)
-            .then(|| self.sync_handle())
+        let due = self.fsync
+            && self.written > self.synced
+            && self.synced_at.elapsed() >= CONFIRMED_SYNC_INTERVAL
+            && !self.syncing.load(Ordering::Acquire);
+        due.then(|| self.sync_handle())
     }
 
     /// The file to fsync now (a checkpoint, a shutdown).
     pub(crate) fn sync_handle(&mut self) -> Synced {
         self.synced = self.written;
         self.synced_at = Instant::now();
-        Synced { file: Arc::clone(&self.file), path: self.path.clone() }
+        self.syncing.store(true, Ordering::Release);
+        Synced { file: Arc::clone(&self.file), path: self.path.clone(), syncing: Arc::clone(&self.syncing) }
     }
 }
 
@@ -168,6 +206,15 @@ impl ConfirmedFile {
 pub(crate) struct Synced {
     file: Arc<File>,
     path: PathBuf,
+    /// Set until this handle is used or dropped: [`ConfirmedFile::due_sync`] hands out no
+    /// other meanwhile.
+    syncing: Arc<AtomicBool>,
+}
+
+impl Drop for Synced {
+    fn drop(&mut self) {
+        self.syncing.store(false, Ordering::Release);
+    }
 }
 
 impl Synced {
@@ -176,6 +223,17 @@ impl Synced {
     pub(crate) fn sync(self) {
         if let Err(e) = self.file.sync_data() {
             tracing::warn!(file = %self.path.display(), error = %e, "could not fsync the confirmed Lsn");
+        }
+    }
+
+    /// [`sync`](Synced::sync) on a short-lived thread, so the flusher does not wait for it.
+    /// When no thread can be started the fsync is skipped: the value on disk stays older,
+    /// which is safe, and the next checkpoint fsyncs it.
+    pub(crate) fn sync_in_background(self) {
+        let spawned =
+            std::thread::Builder::new().name("hindsight-confirmed-sync".into()).spawn(move || self.sync());
+        if let Err(e) = spawned {
+            tracing::warn!(error = %e, "could not start a thread to fsync the confirmed Lsn");
         }
     }
 }
@@ -215,20 +273,19 @@ mod tests {
     #[test]
     fn the_file_keeps_the_newest_value_across_opens() {
         let dir = tempfile::tempdir().unwrap();
-        let (f, held) = ConfirmedFile::open(dir.path()).unwrap();
-        assert_eq!(held, Recorded::Nothing);
-        drop(f);
-        let (mut f, held) = ConfirmedFile::open(dir.path()).unwrap();
-        assert_eq!(held, Recorded::Unreadable, "created, never written: not taken for a missing file");
+        assert_eq!(ConfirmedFile::read(dir.path()).unwrap(), Recorded::Nothing);
+        let mut f = ConfirmedFile::open(dir.path(), Recorded::Nothing, Lsn(100), true).unwrap();
+        assert_eq!(ConfirmedFile::read(dir.path()).unwrap(), Recorded::At(Lsn(100)));
         f.record(Lsn(300));
         f.record(Lsn(200));
         assert!(f.due_sync().is_none(), "not due within the interval");
         f.sync_handle().sync();
         drop(f);
-        let (_, held) = ConfirmedFile::open(dir.path()).unwrap();
-        assert_eq!(held, Recorded::At(Lsn(300)));
+        assert_eq!(ConfirmedFile::read(dir.path()).unwrap(), Recorded::At(Lsn(300)));
         std::fs::write(dir.path().join(CONFIRMED_FILE), b"garbage").unwrap();
-        let (_, held) = ConfirmedFile::open(dir.path()).unwrap();
-        assert_eq!(held, Recorded::Unreadable);
+        assert_eq!(ConfirmedFile::read(dir.path()).unwrap(), Recorded::Unreadable);
+        let f = ConfirmedFile::open(dir.path(), Recorded::Unreadable, Lsn(50), true).unwrap();
+        drop(f);
+        assert_eq!(ConfirmedFile::read(dir.path()).unwrap(), Recorded::At(Lsn(50)));
     }
 }

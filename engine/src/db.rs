@@ -26,7 +26,7 @@ mod standby;
 
 pub use self::standby::HELD_GROUPS_MAX;
 use self::standby::{sync_wal_range, Standby, Tail};
-use crate::confirmed::{ConfirmedFile, Recorded};
+use crate::confirmed::{ConfirmedFile, Recorded, CONFIRMED_SYNC_INTERVAL};
 use crate::error::{Error, ErrorCode, Result, SqlError};
 use crate::inbox::{Inbox, Lane, RecvError, SendError};
 use crate::replay::{Replayer, TXN_CHANGE_BYTES_MAX};
@@ -114,7 +114,8 @@ pub struct Status {
     /// Everything up to here is committed, durable and visible.
     pub visible_lsn: Lsn,
     /// The WAL insert position (may be ahead of visible while a flush is in progress). On a
-    /// replica: the end of the WAL written to its segments.
+    /// replica: the end of the WAL taken from its upstream since the stream (re)started,
+    /// written or found equal to its pending tail (decision #34).
     pub insert_lsn: Lsn,
     /// The end of the WAL made durable (on a replica, possibly inside a record).
     pub flushed_lsn: Lsn,
@@ -384,9 +385,6 @@ impl Flusher {
             let published_lsn = shared.publish_confirmed(store, &mut q);
             let sync = q.confirmed.as_mut().and_then(ConfirmedFile::due_sync);
             drop(q);
-            if let Some(sync) = sync {
-                sync.sync();
-            }
             self.done.notify_all();
             last_acked = acks.iter().filter(|a| a.writer_returns()).count();
             shared.commits.fetch_add(acks.len() as u64, Ordering::Relaxed);
@@ -409,6 +407,9 @@ impl Flusher {
             acks.into_iter().for_each(Ack::succeed);
             if !waits_for_standbys {
                 run_hooks();
+            }
+            if let Some(sync) = sync {
+                sync.sync_in_background();
             }
         }
     }
@@ -586,18 +587,12 @@ impl Database {
         // A replica shows only what its upstream confirmed durable: replay stops there, and the
         // WAL after it stays as a pending tail, compared with what the upstream sends again
         // (decision #34). A primary replays everything.
-        let confirmed = if standby {
-            let (file, recorded) = ConfirmedFile::open(dir)?;
-            let stop = match recorded {
-                Recorded::Nothing => None,
-                Recorded::Unreadable => Some(control.checkpoint_lsn),
-                Recorded::At(lsn) => Some(lsn.max(control.checkpoint_lsn)),
-            };
-            Some((file, stop))
-        } else {
-            None
+        let recorded = if standby { Some(ConfirmedFile::read(dir)?) } else { None };
+        let stop = match recorded {
+            None | Some(Recorded::Nothing) => None,
+            Some(Recorded::Unreadable) => Some(control.checkpoint_lsn),
+            Some(Recorded::At(lsn)) => Some(lsn.max(control.checkpoint_lsn)),
         };
-        let stop = confirmed.as_ref().and_then(|(_, stop)| *stop);
         let (end, replayer, replayed, stopped) =
             replay_wal(wal, start, Some(control.checkpoint_prev_lsn), replayer, stop)?;
         report.replay_elapsed = replay_started.elapsed();
@@ -715,16 +710,13 @@ impl Database {
             dir = %dir.display(), lsn = %wal_end, txid = %txid, replayed_txns = replayed,
             elapsed_ms = report.elapsed.as_millis() as u64, "database open"
         );
+        let confirmed = match recorded {
+            Some(recorded) => Some(ConfirmedFile::open(dir, recorded, visible, config.fsync)?),
+            None => None,
+        };
         let inbox = Arc::new(Inbox::new(COMMIT_QUEUE_MAX, WAL_QUEUE_MAX));
         let flusher = Arc::new(Flusher {
-            queue: Mutex::new(FlushQueue {
-                confirmed: confirmed.map(|(mut file, _)| {
-                    file.record(visible);
-                    file.sync_handle().sync();
-                    file
-                }),
-                ..FlushQueue::default()
-            }),
+            queue: Mutex::new(FlushQueue { confirmed, ..FlushQueue::default() }),
             wake: parking_lot::Condvar::new(),
             done: parking_lot::Condvar::new(),
         });
@@ -939,10 +931,14 @@ impl Database {
         }
         let mut q = self.flusher.queue.lock();
         let published = self.shared.publish_confirmed(&self.store, &mut q);
+        let sync = q.confirmed.as_mut().and_then(ConfirmedFile::due_sync);
         drop(q);
         if let Some(lsn) = published {
             self.flusher.done.notify_all();
             self.shared.run_publish_hooks(lsn);
+        }
+        if let Some(sync) = sync {
+            sync.sync_in_background();
         }
     }
 
@@ -1244,11 +1240,19 @@ impl Committer {
         }
         let mut batch = Vec::with_capacity(GROUP_COMMIT_MAX);
         loop {
-            let wait = self.config.checkpoint_interval.saturating_sub(self.last_checkpoint.elapsed());
+            let mut wait = self.config.checkpoint_interval.saturating_sub(self.last_checkpoint.elapsed());
+            if self.standby.is_some() {
+                // An idle replica still makes its confirmed Lsn durable within about a second.
+                wait = wait.min(CONFIRMED_SYNC_INTERVAL);
+            }
             let deadline = Instant::now() + wait.max(Duration::from_millis(10));
             match self.inbox.recv_batch(&mut batch, GROUP_COMMIT_MAX, deadline) {
                 Ok(()) => {}
                 Err(RecvError::Timeout) => {
+                    let sync = self.flusher.queue.lock().confirmed.as_mut().and_then(ConfirmedFile::due_sync);
+                    if let Some(sync) = sync {
+                        sync.sync();
+                    }
                     self.maybe_checkpoint(false);
                     continue;
                 }

@@ -224,15 +224,26 @@ fn a_standby_shows_only_what_its_upstream_reported_durable() {
 /// Feeds the replica the primary's WAL from `from` to `to` in slices of varying size, without
 /// any report of the primary's durable end.
 fn feed(primary: &Database, replica: &Database, from: Lsn, to: Lsn) {
+    feed_until_refused(primary, replica, from, to).unwrap();
+}
+
+/// [`feed`], stopping at the first slice the replica refuses (replay stopped).
+fn feed_until_refused(
+    primary: &Database,
+    replica: &Database,
+    from: Lsn,
+    to: Lsn,
+) -> hindsight_engine::Result<()> {
     let mut reader = RawWalReader::new(&primary.wal_dir(), primary.timeline(), primary.segment_size_bytes());
     let (mut pos, mut slice) = (from, 5usize);
     while pos < to {
         slice = (slice * 7 + 13) % 3_000 + 1;
         let mut buf = Vec::new();
         let n = reader.read(pos, to, slice, &mut buf).unwrap();
-        replica.apply_wal(pos, buf).unwrap();
+        replica.apply_wal(pos, buf)?;
         pos = pos.add(n as u64);
     }
+    Ok(())
 }
 
 /// Commits `n` one-row transactions with keys from `first` and values `value`.
@@ -405,7 +416,7 @@ fn a_reconnecting_standby_compares_what_it_holds_unconfirmed() {
     let primary = Database::open(lost_dir.path(), config()).unwrap();
     let e3b = commit_rows(&primary, &def, 500, 30, 7);
     assert_eq!(replica.resume_stream().unwrap(), e2);
-    feed(&primary, &replica, e2, e3b);
+    let _ = feed_until_refused(&primary, &replica, e2, e3b);
     wait_for(&replica, "replay stops on the difference", |s| s.replay_error.is_some());
     let why = replica.status().replay_error.unwrap();
     assert!(why.contains("differs from this replica's") && why.contains("restart this replica"), "{why}");
@@ -459,6 +470,11 @@ fn a_standby_keeps_the_part_of_its_tail_the_upstream_kept() {
     wait_for(&replica, "the kept part shows", |s| s.visible_lsn == kept);
     assert_eq!(dump(&replica), dump(&primary));
     assert_eq!(dump(&replica).len(), 30);
+    // The rest of the tail is still on disk: nothing was cut before a difference.
+    drop(replica);
+    let replica = Database::open_standby(rdir.path(), config()).unwrap();
+    assert_eq!(replica.recovery_report().pending_tail, Some((kept, e2)));
+    assert_eq!(replica.status().visible_lsn, kept);
     // A reconnect before the upstream writes anything new: from the confirmed Lsn, with the
     // rest of the tail still held and not reported.
     assert_eq!(replica.resume_stream().unwrap(), kept);
@@ -514,12 +530,12 @@ fn a_reconnect_while_matching_a_tail_compares_again_from_the_confirmed_lsn() {
     assert_eq!(replica.resume_stream().unwrap(), e1, "from the confirmed Lsn, not from what was matched");
     assert_eq!(replica.lsn_ladder(), (e1, e1, e1), "nothing matched before is reported");
     let e3 = commit_rows(&primary, &def, 700, 5, 9);
-    feed(&primary, &replica, e1, e3);
+    let _ = feed_until_refused(&primary, &replica, e1, e3);
     replica.confirm_upstream(e3);
     wait_for(&replica, "replay stops on the difference", |s| s.replay_error.is_some());
     let why = replica.status().replay_error.unwrap();
     assert!(why.contains("restart this replica"), "{why}");
-    assert!(replica.status().visible_lsn <= kept, "the lost WAL never shows");
+    assert_eq!(replica.status().visible_lsn, e1, "nothing past the confirmed Lsn shows");
     assert!(dump(&replica).values().all(|v| *v != 1000), "the lost rows never show");
     drop(replica);
 

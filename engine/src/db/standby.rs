@@ -59,7 +59,8 @@ pub(super) struct Tail {
     pub(super) shown: Published,
 }
 
-/// fdatasyncs the WAL segments holding `from..to` (a replica's pending tail after a restart).
+/// fdatasyncs the WAL segments holding `from..to` (crash recovery's WAL, before anything in
+/// it is reported durable).
 pub(super) fn sync_wal_range(
     dir: &Path,
     timeline: Timeline,
@@ -90,6 +91,9 @@ impl Committer {
         // Nothing is in flight once this returns, so the positions set below are not passed by
         // an older group's fdatasync.
         self.wait_flushed()?;
+        // Read under the lock that publishing takes, so the held groups cleared below are all
+        // past it.
+        let mut q = self.flusher.queue.lock();
         let durable = Lsn(self.shared.upstream_durable.load(Ordering::Acquire));
         let standby = self.standby.as_mut().expect("only a replica resumes a stream");
         // WAL past the confirmed Lsn, written or matched on an earlier connection, may be what
@@ -97,7 +101,6 @@ impl Committer {
         if standby.received <= durable {
             return Ok(standby.received);
         }
-        let mut q = self.flusher.queue.lock();
         // Held groups are all past the confirmed Lsn (anything at or below it was shown): they
         // come back once the upstream has sent the same bytes again.
         q.held.clear();

@@ -16,7 +16,7 @@ use hindsight_protocol::{Lsn, Timeline};
 use super::{Committer, Published};
 use crate::error::{Error, Result};
 use crate::wal::decoder::Decoder;
-use crate::wal::reader::RawWalReader;
+use crate::wal::reader::{list_segments, RawWalReader};
 use crate::wal::segment::{first_record_lsn, segment_file_name, segment_of};
 
 /// Flushed groups a replica holds for its upstream's confirmation at most; past it the oldest
@@ -60,7 +60,8 @@ pub(super) struct Tail {
 }
 
 /// fdatasyncs the WAL segments holding `from..to` (crash recovery's WAL, before anything in
-/// it is reported durable).
+/// it is reported durable): for each segment number, the file recovery read, that of the
+/// highest timeline not above `timeline`.
 pub(super) fn sync_wal_range(
     dir: &Path,
     timeline: Timeline,
@@ -71,10 +72,15 @@ pub(super) fn sync_wal_range(
     if to <= from {
         return Ok(());
     }
-    let last = segment_of(Lsn(to.0 - 1), segment_size_bytes);
-    for no in segment_of(from, segment_size_bytes)..=last {
-        let path = dir.join(segment_file_name(timeline, no));
-        File::open(&path)
+    let (first, last) = (segment_of(from, segment_size_bytes), segment_of(Lsn(to.0 - 1), segment_size_bytes));
+    let mut newest: std::collections::BTreeMap<u64, std::path::PathBuf> = std::collections::BTreeMap::new();
+    for (tl, no, path) in list_segments(dir)? {
+        if tl <= timeline && (first..=last).contains(&no) {
+            newest.insert(no, path); // sorted by timeline, so the highest wins
+        }
+    }
+    for path in newest.values() {
+        File::open(path)
             .and_then(|f| f.sync_data())
             .map_err(|e| Error::io(format!("fsync WAL segment {}", path.display()), e))?;
     }

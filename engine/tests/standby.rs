@@ -260,36 +260,46 @@ fn commit_rows(
     primary.durable_lsn()
 }
 
-/// A cold copy of a data directory: what a primary's disk holds after a crash that lost
-/// everything written since (its page cache).
-fn copy_dir(from: &Path, to: &Path) {
-    std::fs::create_dir_all(to).unwrap();
-    for entry in std::fs::read_dir(from).unwrap() {
-        let entry = entry.unwrap();
-        let target = to.join(entry.file_name());
-        if entry.file_type().unwrap().is_dir() {
-            copy_dir(&entry.path(), &target);
-        } else {
-            std::fs::copy(entry.path(), &target).unwrap();
-        }
-    }
+/// A primary with the accounts table, and a replica made from its backup that shows 20
+/// one-row commits (to `e1`), confirmed. `lost_dir` is for a copy of the primary's disk.
+struct Confirmed {
+    pdir: tempfile::TempDir,
+    lost_dir: tempfile::TempDir,
+    rdir: tempfile::TempDir,
+    primary: Arc<Database>,
+    def: Arc<hindsight_engine::schema::TableDef>,
+    replica: Arc<Database>,
+    e1: Lsn,
+}
+
+fn confirmed() -> Confirmed {
+    let (pdir, lost_dir, rdir) =
+        (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let primary = Database::open(pdir.path(), config()).unwrap();
+    let def = create_accounts(&primary);
+    take_backup(&primary, rdir.path());
+    let replica = Database::open_standby(rdir.path(), config()).unwrap();
+    let start = replica.resume_stream().unwrap();
+    let e1 = commit_rows(&primary, &def, 0, 20, 1);
+    feed(&primary, &replica, start, e1);
+    replica.confirm_upstream(e1);
+    wait_for(&replica, "the confirmed WAL shows", |s| s.visible_lsn == e1);
+    Confirmed { pdir, lost_dir, rdir, primary, def, replica, e1 }
+}
+
+/// Copies the primary's directory to `aside`, as its disk will be after a crash that loses
+/// everything it writes from now on (its page cache), and reopens it.
+fn copy_disk_aside(primary: Arc<Database>, dir: &Path, aside: &Path) -> Arc<Database> {
+    drop(primary);
+    copy_dir(dir, aside);
+    Database::open(dir, config()).unwrap()
 }
 
 /// A replica restarted while holding WAL its upstream had not confirmed shows only what was
 /// confirmed, keeps the rest on disk, and takes it once the upstream sends the same bytes.
 #[test]
 fn a_restarted_standby_shows_only_what_was_confirmed_and_keeps_the_rest() {
-    let pdir = tempfile::tempdir().unwrap();
-    let rdir = tempfile::tempdir().unwrap();
-    let primary = Database::open(pdir.path(), config()).unwrap();
-    let def = create_accounts(&primary);
-    take_backup(&primary, rdir.path());
-    let replica = Database::open_standby(rdir.path(), config()).unwrap();
-    let mut pos = replica.resume_stream().unwrap();
-    let e1 = commit_rows(&primary, &def, 0, 20, 1);
-    feed(&primary, &replica, pos, e1);
-    replica.confirm_upstream(e1);
-    wait_for(&replica, "the confirmed WAL shows", |s| s.visible_lsn == e1);
+    let Confirmed { pdir: _pdir, rdir, primary, def, replica, e1, .. } = confirmed();
     let e2 = commit_rows(&primary, &def, 20, 20, 2);
     feed(&primary, &replica, e1, e2);
     wait_for(&replica, "the replica flushes the rest", |s| s.flushed_lsn == e2);
@@ -301,8 +311,7 @@ fn a_restarted_standby_shows_only_what_was_confirmed_and_keeps_the_rest() {
     assert_eq!(replica.status().visible_lsn, e1, "nothing past the confirmed Lsn shows");
     assert_eq!(replica.lsn_ladder(), (e1, e1, e1), "the tail is not reported written or flushed");
     assert_eq!(dump(&replica).len(), 20);
-    pos = replica.resume_stream().unwrap();
-    assert_eq!(pos, e1, "the stream starts at the confirmed Lsn");
+    assert_eq!(replica.resume_stream().unwrap(), e1, "the stream starts at the confirmed Lsn");
     // The same bytes again: taken as they are (replayed from what arrives), then confirmed.
     feed(&primary, &replica, e1, e2);
     wait_for(&replica, "the matched tail is flushed", |s| s.flushed_lsn == e2);
@@ -329,22 +338,9 @@ fn a_restarted_standby_shows_only_what_was_confirmed_and_keeps_the_rest() {
 /// the new history without ever showing the lost one.
 #[test]
 fn a_standby_cuts_its_pending_tail_where_a_restarted_upstream_differs() {
-    let pdir = tempfile::tempdir().unwrap();
-    let lost_dir = tempfile::tempdir().unwrap();
-    let rdir = tempfile::tempdir().unwrap();
-    let primary = Database::open(pdir.path(), config()).unwrap();
-    let def = create_accounts(&primary);
-    take_backup(&primary, rdir.path());
-    let replica = Database::open_standby(rdir.path(), config()).unwrap();
-    let start = replica.resume_stream().unwrap();
-    let e1 = commit_rows(&primary, &def, 0, 20, 1);
-    feed(&primary, &replica, start, e1);
-    replica.confirm_upstream(e1);
-    wait_for(&replica, "the confirmed WAL shows", |s| s.visible_lsn == e1);
+    let Confirmed { pdir, lost_dir, rdir, primary, def, replica, e1 } = confirmed();
     // What the primary's disk will hold after its crash: everything up to e1.
-    drop(primary);
-    copy_dir(pdir.path(), lost_dir.path());
-    let primary = Database::open(pdir.path(), config()).unwrap();
+    let primary = copy_disk_aside(primary, pdir.path(), lost_dir.path());
     let e2 = commit_rows(&primary, &def, 20, 20, 1000);
     feed(&primary, &replica, e1, e2);
     wait_for(&replica, "the replica flushes the WAL about to be lost", |s| s.flushed_lsn == e2);
@@ -382,17 +378,7 @@ fn a_standby_cuts_its_pending_tail_where_a_restarted_upstream_differs() {
 /// unconfirmed WAL and follows the upstream's new history.
 #[test]
 fn a_reconnecting_standby_compares_what_it_holds_unconfirmed() {
-    let pdir = tempfile::tempdir().unwrap();
-    let lost_dir = tempfile::tempdir().unwrap();
-    let rdir = tempfile::tempdir().unwrap();
-    let primary = Database::open(pdir.path(), config()).unwrap();
-    let def = create_accounts(&primary);
-    take_backup(&primary, rdir.path());
-    let replica = Database::open_standby(rdir.path(), config()).unwrap();
-    let start = replica.resume_stream().unwrap();
-    let e1 = commit_rows(&primary, &def, 0, 20, 1);
-    feed(&primary, &replica, start, e1);
-    replica.confirm_upstream(e1);
+    let Confirmed { pdir, lost_dir, rdir, primary, def, replica, e1 } = confirmed();
     let e2 = commit_rows(&primary, &def, 20, 20, 2);
     feed(&primary, &replica, e1, e2);
     wait_for(&replica, "the replica flushes the unconfirmed WAL", |s| s.flushed_lsn == e2);
@@ -406,9 +392,7 @@ fn a_reconnecting_standby_compares_what_it_holds_unconfirmed() {
     assert_eq!(replica.store().recompute_digest(), primary.status().digest, "nothing replayed twice");
 
     // Now the upstream loses WAL it sent: the same stream again, from a copy taken before.
-    drop(primary);
-    copy_dir(pdir.path(), lost_dir.path());
-    let primary = Database::open(pdir.path(), config()).unwrap();
+    let primary = copy_disk_aside(primary, pdir.path(), lost_dir.path());
     let e3 = commit_rows(&primary, &def, 40, 20, 1000);
     feed(&primary, &replica, e2, e3);
     wait_for(&replica, "the replica flushes the WAL about to be lost", |s| s.flushed_lsn == e3);
@@ -439,22 +423,9 @@ fn a_reconnecting_standby_compares_what_it_holds_unconfirmed() {
 /// difference arrives compares from the confirmed Lsn again and cuts only there.
 #[test]
 fn a_standby_keeps_the_part_of_its_tail_the_upstream_kept() {
-    let pdir = tempfile::tempdir().unwrap();
-    let lost_dir = tempfile::tempdir().unwrap();
-    let rdir = tempfile::tempdir().unwrap();
-    let primary = Database::open(pdir.path(), config()).unwrap();
-    let def = create_accounts(&primary);
-    take_backup(&primary, rdir.path());
-    let replica = Database::open_standby(rdir.path(), config()).unwrap();
-    let start = replica.resume_stream().unwrap();
-    let e1 = commit_rows(&primary, &def, 0, 20, 1);
-    feed(&primary, &replica, start, e1);
-    replica.confirm_upstream(e1);
-    wait_for(&replica, "the confirmed WAL shows", |s| s.visible_lsn == e1);
+    let Confirmed { pdir, lost_dir, rdir, primary, def, replica, e1 } = confirmed();
     let kept = commit_rows(&primary, &def, 20, 10, 1);
-    drop(primary);
-    copy_dir(pdir.path(), lost_dir.path());
-    let primary = Database::open(pdir.path(), config()).unwrap();
+    let primary = copy_disk_aside(primary, pdir.path(), lost_dir.path());
     let e2 = commit_rows(&primary, &def, 30, 10, 1000);
     feed(&primary, &replica, e1, e2);
     wait_for(&replica, "the replica flushes it all", |s| s.flushed_lsn == e2);
@@ -497,21 +468,9 @@ fn a_standby_keeps_the_part_of_its_tail_the_upstream_kept() {
 /// replayed stops replay until a restart, after which it follows the new history.
 #[test]
 fn a_reconnect_while_matching_a_tail_compares_again_from_the_confirmed_lsn() {
-    let pdir = tempfile::tempdir().unwrap();
-    let lost_dir = tempfile::tempdir().unwrap();
-    let rdir = tempfile::tempdir().unwrap();
-    let primary = Database::open(pdir.path(), config()).unwrap();
-    let def = create_accounts(&primary);
-    take_backup(&primary, rdir.path());
-    let replica = Database::open_standby(rdir.path(), config()).unwrap();
-    let start = replica.resume_stream().unwrap();
-    let e1 = commit_rows(&primary, &def, 0, 20, 1);
-    feed(&primary, &replica, start, e1);
-    replica.confirm_upstream(e1);
+    let Confirmed { pdir, lost_dir, rdir, primary, def, replica, e1 } = confirmed();
     let kept = commit_rows(&primary, &def, 20, 10, 1);
-    drop(primary);
-    copy_dir(pdir.path(), lost_dir.path());
-    let primary = Database::open(pdir.path(), config()).unwrap();
+    let primary = copy_disk_aside(primary, pdir.path(), lost_dir.path());
     let e2 = commit_rows(&primary, &def, 30, 10, 1000);
     feed(&primary, &replica, e1, e2);
     wait_for(&replica, "the replica flushes it all", |s| s.flushed_lsn == e2);

@@ -52,19 +52,6 @@ fn build(dir: &Path, large_rows: i64) -> History {
     History { states }
 }
 
-fn copy_dir(from: &Path, to: &Path) {
-    std::fs::create_dir_all(to).unwrap();
-    for entry in std::fs::read_dir(from).unwrap() {
-        let entry = entry.unwrap();
-        let target = to.join(entry.file_name());
-        if entry.file_type().unwrap().is_dir() {
-            copy_dir(&entry.path(), &target);
-        } else if entry.file_name() != "lock" {
-            std::fs::copy(entry.path(), &target).unwrap();
-        }
-    }
-}
-
 fn last_segment(dir: &Path) -> std::path::PathBuf {
     list_segments(&dir.join("wal")).unwrap().pop().unwrap().2
 }

@@ -18,6 +18,7 @@ use crate::error::{Error, Result};
 use crate::wal::decoder::Decoder;
 use crate::wal::reader::{list_segments, RawWalReader};
 use crate::wal::segment::{first_record_lsn, segment_file_name, segment_of};
+use crate::wal::writer::out_of_order;
 
 /// Flushed groups a replica holds for its upstream's confirmation at most; past it the oldest
 /// is dropped, and the newer ones show it once confirmed.
@@ -131,12 +132,7 @@ impl Committer {
         self.check_poisoned()?;
         let standby = self.standby.as_ref().expect("WAL input only reaches a replica's committer");
         if start != standby.received {
-            return Err(Error::Mismatch(format!(
-                "WAL stream out of order: expected bytes at {}, got {} ({} bytes)",
-                standby.received,
-                start,
-                bytes.len()
-            )));
+            return Err(out_of_order(standby.received, start, bytes.len()));
         }
         let (mut pos, mut rest) = (start, bytes);
         if let Some(tail) = standby.tail {

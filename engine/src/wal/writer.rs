@@ -364,12 +364,7 @@ impl WalWriter {
         self.check()?;
         assert!(self.buf.is_empty(), "raw writes and record appends are not mixed");
         if start != self.insert_lsn {
-            return Err(Error::Mismatch(format!(
-                "WAL stream out of order: expected bytes at {}, got {} ({} bytes)",
-                self.insert_lsn,
-                start,
-                bytes.len()
-            )));
+            return Err(out_of_order(self.insert_lsn, start, bytes.len()));
         }
         let mut pos = start;
         let mut rest = bytes;
@@ -433,6 +428,13 @@ impl WalWriter {
         self.flushed_lsn = self.insert_lsn;
         Ok(self.flushed_lsn)
     }
+}
+
+/// The error for a slice of a WAL stream that does not start where the last one ended.
+pub(crate) fn out_of_order(expected: Lsn, start: Lsn, len: usize) -> Error {
+    Error::Mismatch(format!(
+        "WAL stream out of order: expected bytes at {expected}, got {start} ({len} bytes)"
+    ))
 }
 
 /// Cuts the WAL at `at` after recovery found a torn tail (or an incomplete large transaction)

@@ -227,6 +227,12 @@ fn feed(primary: &Database, replica: &Database, from: Lsn, to: Lsn) {
     feed_until_refused(primary, replica, from, to).unwrap();
 }
 
+/// [`feed`], then waits until the replica has flushed all of it.
+fn feed_flushed(primary: &Database, replica: &Database, from: Lsn, to: Lsn) {
+    feed(primary, replica, from, to);
+    wait_for(replica, &format!("the replica flushes the WAL up to {to}"), |s| s.flushed_lsn == to);
+}
+
 /// [`feed`], stopping at the first slice the replica refuses (replay stopped).
 fn feed_until_refused(
     primary: &Database,
@@ -301,8 +307,7 @@ fn copy_disk_aside(primary: Arc<Database>, dir: &Path, aside: &Path) -> Arc<Data
 fn a_restarted_standby_shows_only_what_was_confirmed_and_keeps_the_rest() {
     let Confirmed { pdir: _pdir, rdir, primary, def, replica, e1, .. } = confirmed();
     let e2 = commit_rows(&primary, &def, 20, 20, 2);
-    feed(&primary, &replica, e1, e2);
-    wait_for(&replica, "the replica flushes the rest", |s| s.flushed_lsn == e2);
+    feed_flushed(&primary, &replica, e1, e2);
     assert_eq!(replica.status().visible_lsn, e1);
     drop(replica);
 
@@ -313,8 +318,7 @@ fn a_restarted_standby_shows_only_what_was_confirmed_and_keeps_the_rest() {
     assert_eq!(dump(&replica).len(), 20);
     assert_eq!(replica.resume_stream().unwrap(), e1, "the stream starts at the confirmed Lsn");
     // The same bytes again: taken as they are (replayed from what arrives), then confirmed.
-    feed(&primary, &replica, e1, e2);
-    wait_for(&replica, "the matched tail is flushed", |s| s.flushed_lsn == e2);
+    feed_flushed(&primary, &replica, e1, e2);
     assert_eq!(replica.status().visible_lsn, e1, "matched is not confirmed");
     replica.confirm_upstream(e2);
     wait_for(&replica, "the tail shows once confirmed", |s| s.visible_lsn == e2);
@@ -342,8 +346,7 @@ fn a_standby_cuts_its_pending_tail_where_a_restarted_upstream_differs() {
     // What the primary's disk will hold after its crash: everything up to e1.
     let primary = copy_disk_aside(primary, pdir.path(), lost_dir.path());
     let e2 = commit_rows(&primary, &def, 20, 20, 1000);
-    feed(&primary, &replica, e1, e2);
-    wait_for(&replica, "the replica flushes the WAL about to be lost", |s| s.flushed_lsn == e2);
+    feed_flushed(&primary, &replica, e1, e2);
     drop(replica);
     drop(primary);
 
@@ -380,8 +383,7 @@ fn a_standby_cuts_its_pending_tail_where_a_restarted_upstream_differs() {
 fn a_reconnecting_standby_compares_what_it_holds_unconfirmed() {
     let Confirmed { pdir, lost_dir, rdir, primary, def, replica, e1 } = confirmed();
     let e2 = commit_rows(&primary, &def, 20, 20, 2);
-    feed(&primary, &replica, e1, e2);
-    wait_for(&replica, "the replica flushes the unconfirmed WAL", |s| s.flushed_lsn == e2);
+    feed_flushed(&primary, &replica, e1, e2);
     assert_eq!(replica.resume_stream().unwrap(), e1, "a new stream starts at the confirmed Lsn");
     assert_eq!(replica.lsn_ladder(), (e1, e1, e1), "nothing unmatched is reported");
     feed(&primary, &replica, e1, e2);
@@ -394,8 +396,7 @@ fn a_reconnecting_standby_compares_what_it_holds_unconfirmed() {
     // Now the upstream loses WAL it sent: the same stream again, from a copy taken before.
     let primary = copy_disk_aside(primary, pdir.path(), lost_dir.path());
     let e3 = commit_rows(&primary, &def, 40, 20, 1000);
-    feed(&primary, &replica, e2, e3);
-    wait_for(&replica, "the replica flushes the WAL about to be lost", |s| s.flushed_lsn == e3);
+    feed_flushed(&primary, &replica, e2, e3);
     drop(primary);
     let primary = Database::open(lost_dir.path(), config()).unwrap();
     let e3b = commit_rows(&primary, &def, 500, 30, 7);
@@ -427,8 +428,7 @@ fn a_standby_keeps_the_part_of_its_tail_the_upstream_kept() {
     let kept = commit_rows(&primary, &def, 20, 10, 1);
     let primary = copy_disk_aside(primary, pdir.path(), lost_dir.path());
     let e2 = commit_rows(&primary, &def, 30, 10, 1000);
-    feed(&primary, &replica, e1, e2);
-    wait_for(&replica, "the replica flushes it all", |s| s.flushed_lsn == e2);
+    feed_flushed(&primary, &replica, e1, e2);
     drop(replica);
     drop(primary);
 
@@ -472,16 +472,14 @@ fn a_reconnect_while_matching_a_tail_compares_again_from_the_confirmed_lsn() {
     let kept = commit_rows(&primary, &def, 20, 10, 1);
     let primary = copy_disk_aside(primary, pdir.path(), lost_dir.path());
     let e2 = commit_rows(&primary, &def, 30, 10, 1000);
-    feed(&primary, &replica, e1, e2);
-    wait_for(&replica, "the replica flushes it all", |s| s.flushed_lsn == e2);
+    feed_flushed(&primary, &replica, e1, e2);
     drop(replica);
 
     // Restarted, it matches most of the tail against the primary, which confirms only e1.
     let replica = Database::open_standby(rdir.path(), config()).unwrap();
     assert_eq!(replica.resume_stream().unwrap(), e1);
     let mid = Lsn((kept.0 + e2.0) / 2);
-    feed(&primary, &replica, e1, mid);
-    wait_for(&replica, "the matched part is flushed", |s| s.flushed_lsn == mid);
+    feed_flushed(&primary, &replica, e1, mid);
     assert_eq!(replica.status().visible_lsn, e1);
     drop(primary);
     // The primary comes back without the WAL after `kept`.

@@ -135,7 +135,7 @@ mod tests {
     #[test]
     fn try_recv_hands_the_receiver_back_until_answered() {
         let (tx, rx) = reply_slot::<u32>();
-        let rx = rx.try_recv().err().expect("nothing sent yet");
+        let rx = rx.try_recv().expect_err("nothing sent yet");
         tx.send(3);
         assert_eq!(rx.try_recv().ok(), Some(Some(3)));
         let (tx, rx) = reply_slot::<u32>();

@@ -30,7 +30,7 @@ fn stream(primary: &Database, replica: &Database, slice: &mut usize, pos: &mut L
         let n = reader.read(*pos, upto, *slice, &mut buf).unwrap();
         // Every other slice goes the receiver's way: without blocking first, and with
         // blocking only when the queue hands the slice back whole.
-        if *slice % 2 == 0 {
+        if *slice & 1 == 0 {
             replica.apply_wal(*pos, buf).unwrap();
         } else if let Some(back) = replica.try_apply_wal(*pos, buf).unwrap() {
             assert_eq!(back.len(), n, "a full queue gives the whole slice back");
